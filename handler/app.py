@@ -1,0 +1,90 @@
+"""Lambda entry point: crhelper and Powertools wired to ``orgkeypolicy.resource``. Nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import CloudFormationCustomResourceEvent
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from orgkeypolicy import resource
+from orgkeypolicy.cfn import CustomResource
+from orgkeypolicy.errors import OrgKeyPolicyError
+from orgkeypolicy.statements import sid_prefix
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+copy_config_to_registered_loggers(source_logger=logger, include={"orgkeypolicy"})
+settings = resource.Settings.from_environment()
+helper = CustomResource(lambda event: sid_prefix(event["StackId"], event["LogicalResourceId"]))
+
+# Kept back from the Lambda timeout to put keys back and answer CloudFormation.
+RESERVE_SECONDS = 45.0
+
+Step = Callable[
+    [resource.Request, boto3.Session, resource.Settings, resource.Deadline], resource.Outcome
+]
+
+
+def _request(event: Mapping[str, Any]) -> resource.Request:
+    cfn = CloudFormationCustomResourceEvent(dict(event))
+    return resource.Request(
+        request_type=cfn.request_type,
+        stack_id=cfn.stack_id,
+        logical_id=cfn.logical_resource_id,
+        request_id=cfn.request_id,
+        properties=cfn.resource_properties or {},
+        old_properties=cfn.old_resource_properties if cfn.request_type == "Update" else None,
+        physical_id=cfn.physical_resource_id,
+    )
+
+
+def _run(step: Step, event: Mapping[str, Any], context: LambdaContext) -> str:
+    left = context.get_remaining_time_in_millis() / 1000
+    deadline = resource.Deadline(max(left - RESERVE_SECONDS, left / 2))
+    try:
+        outcome = step(_request(event), boto3.Session(), settings, deadline)
+    except OrgKeyPolicyError:
+        metrics.add_metric(name="Failures", unit=MetricUnit.Count, value=1)
+        raise
+    except Exception as error:
+        metrics.add_metric(name="Failures", unit=MetricUnit.Count, value=1)
+        logger.exception("Unexpected failure")
+        raise OrgKeyPolicyError(
+            f"Internal error ({type(error).__name__}: {error}); see the function log"
+        ) from error
+    helper.Data.update(outcome.data)
+    metrics.add_metric(name="KeysWritten", unit=MetricUnit.Count, value=outcome.keys_written)
+    metrics.add_metric(
+        name="AccountsGranted", unit=MetricUnit.Count, value=outcome.accounts_granted
+    )
+    return outcome.physical_id
+
+
+@helper.create
+@helper.update
+def create_or_update(event: Mapping[str, Any], context: LambdaContext) -> str:
+    return _run(resource.apply, event, context)
+
+
+@helper.delete
+def delete(event: Mapping[str, Any], context: LambdaContext) -> str:
+    return _run(resource.delete, event, context)
+
+
+@logger.inject_lambda_context(log_event=False, clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> None:
+    logger.append_keys(
+        stack_id=event.get("StackId"),
+        logical_resource_id=event.get("LogicalResourceId"),
+        request_type=event.get("RequestType"),
+    )
+    helper(event, context)

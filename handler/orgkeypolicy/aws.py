@@ -1,0 +1,259 @@
+"""Thin adapters over boto3: Organizations, KMS and STS. No policy logic lives here.
+
+Every client is made once per request with bounded timeouts and botocore's retry modes:
+``adaptive`` for Organizations (it throttles early and adaptive mode rate-limits the client
+instead of hammering it) and ``standard`` for KMS and STS. ``AWS_ENDPOINT_URL`` (boto3's own
+setting) points every client at a local emulator.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from orgkeypolicy.errors import InvalidPropertyError, KeyAccessError, OrganizationsError
+from orgkeypolicy.identifiers import KeyRef
+from orgkeypolicy.organization import Account, Unit, unit_path
+from orgkeypolicy.properties import ACCOUNT_IDS, KEY_IDS, ORGANIZATIONS_ROLE_ARN, OU_IDS
+
+# Organizations is a global service served from one region per partition.
+_ORGANIZATIONS_REGION = {
+    "aws": "us-east-1",
+    "aws-cn": "cn-northwest-1",
+    "aws-us-gov": "us-gov-west-1",
+}
+_UNIT_NOT_FOUND = {"ParentNotFoundException", "OrganizationalUnitNotFoundException"}
+_KEY_NOT_FOUND = "NotFoundException"
+
+
+def client_config(mode: Literal["standard", "adaptive"], *, attempts: int, pool: int) -> Config:
+    """Bounded everything: the handler must answer CloudFormation before its own timeout."""
+    return Config(
+        retries={"mode": mode, "max_attempts": attempts},
+        connect_timeout=5,
+        read_timeout=20,
+        max_pool_connections=pool,
+    )
+
+
+@dataclass(frozen=True)
+class Identity:
+    account: str
+    partition: str
+    region: str
+
+
+def identity(session: boto3.Session) -> Identity:
+    sts = session.client("sts", config=client_config("standard", attempts=5, pool=2))
+    caller = sts.get_caller_identity()
+    return Identity(
+        account=caller["Account"],
+        partition=caller["Arn"].split(":")[1],
+        region=session.region_name or "us-east-1",
+    )
+
+
+def organizations_session(
+    session: boto3.Session, role_arn: str | None, session_name: str
+) -> boto3.Session:
+    """The session for Organizations reads: the function's own, or the given role's."""
+    if not role_arn:
+        return session
+    sts = session.client("sts", config=client_config("standard", attempts=5, pool=2))
+    try:
+        credentials = sts.assume_role(
+            RoleArn=role_arn, RoleSessionName=session_name[:64], DurationSeconds=900
+        )["Credentials"]
+    except ClientError as error:
+        raise InvalidPropertyError(
+            ORGANIZATIONS_ROLE_ARN,
+            role_arn,
+            f"could not be assumed ({_code(error)})",
+            "trust the function's role in that role",
+        ) from error
+    return boto3.Session(
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+        region_name=session.region_name,
+    )
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", "Unknown"))
+
+
+class OrganizationsDirectory:
+    """Organizations reads, paginated; errors become messages that name the property."""
+
+    def __init__(self, session: boto3.Session, partition: str, *, pool: int) -> None:
+        self._client = session.client(
+            "organizations",
+            region_name=_ORGANIZATIONS_REGION.get(partition, "us-east-1"),
+            config=client_config("adaptive", attempts=8, pool=pool),
+        )
+        # Paginators are made here, once: the walk then uses them from many threads.
+        self._units = self._client.get_paginator("list_organizational_units_for_parent")
+        self._accounts = self._client.get_paginator("list_accounts_for_parent")
+
+    def organization_id(self) -> str:
+        with _organizations_errors("DescribeOrganization", OU_IDS, ""):
+            return str(self._client.describe_organization()["Organization"]["Id"])
+
+    def child_units(self, parent_id: str) -> list[Unit]:
+        with _organizations_errors("ListOrganizationalUnitsForParent", OU_IDS, parent_id):
+            return [
+                Unit(unit["Id"], unit.get("Path"))
+                for page in self._units.paginate(ParentId=parent_id)
+                for unit in page.get("OrganizationalUnits", [])
+            ]
+
+    def accounts(self, parent_id: str) -> list[Account]:
+        with _organizations_errors("ListAccountsForParent", OU_IDS, parent_id):
+            return [
+                Account.from_api(account)
+                for page in self._accounts.paginate(ParentId=parent_id)
+                for account in page.get("Accounts", [])
+            ]
+
+    def account(self, account_id: str) -> Account:
+        with _organizations_errors("DescribeAccount", ACCOUNT_IDS, account_id):
+            return Account.from_api(self._client.describe_account(AccountId=account_id)["Account"])
+
+    def unit_path(self, organization_id: str, unit_id: str) -> str:
+        """The unit's ``o-…/r-…/ou-…/`` path: its ``Path`` field, else found from its parents."""
+        if unit_id.startswith("r-"):
+            return unit_path(organization_id, [unit_id])
+        with _organizations_errors("DescribeOrganizationalUnit", OU_IDS, unit_id):
+            described = self._client.describe_organizational_unit(OrganizationalUnitId=unit_id)
+            path = described["OrganizationalUnit"].get("Path")
+            if isinstance(path, str) and path:
+                return path
+            ancestors = [unit_id]
+            while not ancestors[0].startswith("r-"):
+                parents = self._client.list_parents(ChildId=ancestors[0])["Parents"]
+                ancestors.insert(0, parents[0]["Id"])
+        return unit_path(organization_id, ancestors)
+
+
+@contextmanager
+def _organizations_errors(operation: str, prop: str, value: str) -> Iterator[None]:
+    try:
+        yield
+    except ClientError as error:
+        code = _code(error)
+        if code in _UNIT_NOT_FOUND:
+            raise InvalidPropertyError(
+                prop, value, "is not an OU or root of this organization", "check the ID"
+            ) from error
+        if code == "AccountNotFoundException":
+            raise InvalidPropertyError(
+                prop, value, "is not an account of this organization", "check the ID"
+            ) from error
+        if code == "AWSOrganizationsNotInUseException":
+            raise OrganizationsError(
+                "The function's account is not in an organization; set OrganizationsRoleArn"
+            ) from error
+        if code == "AccessDeniedException":
+            raise OrganizationsError(
+                f"Organizations refused {operation} (AccessDenied): deploy the reader role in the "
+                "management account and set OrganizationsRoleArn"
+            ) from error
+        raise OrganizationsError(f"Organizations {operation} failed: {code}") from error
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A resolved key: ``ref`` as the user wrote it, the rest from DescribeKey."""
+
+    ref: KeyRef
+    arn: str
+    account: str
+    region: str
+    state: str
+    manager: str
+
+
+class KeyStore:
+    """DescribeKey, GetKeyPolicy and PutKeyPolicy, in whichever region each key lives."""
+
+    def __init__(self, session: boto3.Session, *, pool: int) -> None:
+        self._session = session
+        self._pool = pool
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, region: str | None) -> Any:
+        region = region or self._session.region_name or "us-east-1"
+        # Making clients from one session is not thread-safe; using them afterwards is.
+        with self._lock:
+            if region not in self._clients:
+                self._clients[region] = self._session.client(
+                    "kms",
+                    region_name=region,
+                    config=client_config("standard", attempts=6, pool=self._pool),
+                )
+            return self._clients[region]
+
+    def describe(self, ref: KeyRef) -> KeyInfo | None:
+        """The key a reference names now, or ``None`` when the key or alias does not exist."""
+        try:
+            meta = self._client(ref.region).describe_key(KeyId=ref.text)["KeyMetadata"]
+        except ClientError as error:
+            if _code(error) == _KEY_NOT_FOUND:
+                return None
+            raise KeyAccessError(
+                f"{KEY_IDS}: {ref.text} could not be described ({_code(error)}); "
+                "check the function role's kms:DescribeKey permission"
+            ) from error
+        return KeyInfo(
+            ref=ref,
+            arn=meta["Arn"],
+            account=meta["AWSAccountId"],
+            region=meta["Arn"].split(":")[3],
+            state=meta.get("KeyState", "Unknown"),
+            manager=meta.get("KeyManager", "CUSTOMER"),
+        )
+
+    def read(self, key: KeyInfo) -> str:
+        try:
+            return str(
+                self._client(key.region).get_key_policy(KeyId=key.arn, PolicyName="default")[
+                    "Policy"
+                ]
+            )
+        except ClientError as error:
+            raise KeyAccessError(
+                f"{key.arn}: reading its policy failed ({_code(error)})"
+            ) from error
+
+    def write(self, key: KeyInfo, policy: str) -> None:
+        try:
+            # The lockout safety check stays on: KMS refuses a policy that would lock us out.
+            self._client(key.region).put_key_policy(
+                KeyId=key.arn,
+                PolicyName="default",
+                Policy=policy,
+                BypassPolicyLockoutSafetyCheck=False,
+            )
+        except ClientError as error:
+            message = str(error.response.get("Error", {}).get("Message", ""))[:80]
+            raise KeyAccessError(
+                f"{key.arn}: writing its policy failed ({_code(error)}) {message}".rstrip()
+            ) from error
+
+
+def is_missing(error: BaseException) -> bool:
+    """Whether a KMS error says the key is gone or going (not an error on Delete)."""
+    cause = error.__cause__
+    return isinstance(cause, ClientError) and _code(cause) in (
+        _KEY_NOT_FOUND,
+        "KMSInvalidStateException",
+    )

@@ -1,0 +1,146 @@
+"""The organization side: walking the OU tree and choosing the accounts to grant.
+
+The walk is generic over a ``Directory`` (what the Organizations adapter implements), so the
+selection and traversal rules are testable over plain data with no AWS in sight.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+ACTIVE = "ACTIVE"
+# Organizations retired the account ``Status`` field in favour of ``State``; these are the
+# ``State`` values the old ``Status`` values correspond to, for responses that lack ``State``.
+_STATE_FROM_STATUS = {
+    "ACTIVE": ACTIVE,
+    "SUSPENDED": "SUSPENDED",
+    "PENDING_CLOSURE": "PENDING_CLOSURE",
+}
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    state: str
+
+    @property
+    def active(self) -> bool:
+        return self.state == ACTIVE
+
+    @classmethod
+    def from_api(cls, item: Mapping[str, object]) -> Account:
+        state = item.get("State")
+        if not isinstance(state, str):
+            state = _STATE_FROM_STATUS.get(str(item.get("Status")), "UNKNOWN")
+        return cls(id=str(item["Id"]), state=state)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """An OU or root; ``path`` is its ``o-…/r-…/ou-…/`` path when the API gave it."""
+
+    id: str
+    path: str | None = None
+
+
+class Directory(Protocol):
+    """What the tree walk needs from Organizations: the direct children of a parent."""
+
+    def child_units(self, parent_id: str) -> list[Unit]: ...
+
+    def accounts(self, parent_id: str) -> list[Account]: ...
+
+
+@dataclass
+class Subtree:
+    """The accounts found below the named units, and how the walk went."""
+
+    accounts: dict[str, Account] = field(default_factory=dict)
+    units_visited: int = 0
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+def walk(
+    directory: Directory,
+    named: Sequence[str],
+    *,
+    include_nested: bool,
+    max_workers: int,
+) -> Subtree:
+    """Collect the accounts directly in ``named`` units, and below them when ``include_nested``.
+
+    Each unit is listed once, even when named units overlap (a named OU inside another), and
+    the listings of different units run concurrently on at most ``max_workers`` threads: the
+    tree's depth, not its size, then bounds the wall time.
+    """
+    result = Subtree()
+    visited: set[str] = set()
+    lock = threading.Lock()
+
+    def record_accounts(unit_id: str) -> None:
+        found = directory.accounts(unit_id)
+        with lock:
+            result.accounts.update((account.id, account) for account in found)
+
+    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="org-walk") as pool:
+        pending: set[Future[Any]] = set()
+
+        def visit(unit: Unit) -> None:
+            if unit.id in visited:
+                return
+            visited.add(unit.id)
+            if unit.path:
+                result.paths[unit.id] = unit.path
+            pending.add(pool.submit(record_accounts, unit.id))
+            if include_nested:
+                pending.add(pool.submit(directory.child_units, unit.id))
+
+        for unit_id in named:
+            visit(Unit(unit_id))
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    for child in future.result() or ():
+                        visit(child)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    result.units_visited = len(visited)
+    return result
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The accounts to grant, and those left out with the reason, for the log."""
+
+    granted: tuple[str, ...]
+    inactive: Mapping[str, str]
+    excluded: tuple[str, ...]
+
+
+def select_accounts(
+    found: Iterable[Account], explicit: Iterable[Account], exclude: frozenset[str]
+) -> Selection:
+    """Grant ACTIVE accounts that are not excluded; report the rest."""
+    everyone = {account.id: account for account in (*found, *explicit)}
+    excluded = sorted(everyone.keys() & exclude)
+    inactive = {
+        account.id: account.state
+        for account in everyone.values()
+        if not account.active and account.id not in exclude
+    }
+    granted = sorted(
+        account.id for account in everyone.values() if account.active and account.id not in exclude
+    )
+    return Selection(granted=tuple(granted), inactive=inactive, excluded=tuple(excluded))
+
+
+def unit_path(organization_id: str, ancestors: Sequence[str]) -> str:
+    """The ``aws:PrincipalOrgPaths`` path of a unit from its ancestry (root first, unit last)."""
+    return "/".join((organization_id, *ancestors)) + "/"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,9 +18,11 @@ from orgkeypolicy.cfn import CustomResource
 from orgkeypolicy.errors import OrgKeyPolicyError
 from orgkeypolicy.statements import sid_prefix
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
+# The template sets POWERTOOLS_*; the fallbacks keep local runs (tests, the demo) working.
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "OrgKeyPolicy")
+logger = Logger(service=SERVICE)
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OrgKeyPolicy"))
 copy_config_to_registered_loggers(source_logger=logger, include={"orgkeypolicy"})
 settings = resource.Settings.from_environment()
 helper = CustomResource(lambda event: sid_prefix(event["StackId"], event["LogicalResourceId"]))

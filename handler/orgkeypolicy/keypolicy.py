@@ -30,8 +30,9 @@ def parse(text: str) -> Policy:
 
 
 def serialize(policy: Policy) -> str:
-    """Compact JSON: whitespace counts against the 32 KB limit, the console re-indents anyway."""
-    return json.dumps(policy, separators=(",", ":"), ensure_ascii=False)
+    """Compact ASCII JSON: whitespace counts against the 32 KB limit (the console re-indents),
+    and KMS accepts only printable ASCII and Latin-1 characters, which escapes always satisfy."""
+    return json.dumps(policy, separators=(",", ":"))
 
 
 def size(policy: Policy) -> int:

@@ -354,7 +354,9 @@ def _condition_values(prop: str, values: object) -> tuple[str, ...]:
             text = str(text)
         if not isinstance(text, str) or len(text) > MAX_CONDITION_VALUE_LENGTH:
             raise InvalidPropertyError(prop, item, "is not a string value")
-        if not text.isprintable():
-            raise InvalidPropertyError(prop, item, "holds control characters")
+        if not all(" " <= ch <= "~" or "\xa0" <= ch <= "\xff" for ch in text):
+            raise InvalidPropertyError(
+                prop, item, "holds characters a key policy cannot", "use printable Latin-1 text"
+            )
         result.append(text)
     return tuple(dict.fromkeys(result))

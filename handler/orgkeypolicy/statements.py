@@ -89,8 +89,11 @@ def _statement_pair(
     _merge_conditions(base, grant_conditions)
     _merge_conditions(base, {"StringEquals": {"aws:PrincipalOrgID": grantees.organization_id}})
     if spec.role_names:
+        # The account is the principal's own: exact, where an account wildcard would read
+        # (to policy checkers and to people) as a grant to that role name in any account.
         arns = [
-            f"arn:{grantees.partition}:iam::*:role/{name.strip('/')}" for name in spec.role_names
+            f"arn:{grantees.partition}:iam::${{aws:PrincipalAccount}}:role/{name.strip('/')}"
+            for name in spec.role_names
         ]
         _merge_conditions(base, {"ArnLike": {"aws:PrincipalArn": _one_or_many(sorted(arns))}})
     statements = [_statement(f"{prefix}Use{suffix}", principal, spec.actions, base)]

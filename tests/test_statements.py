@@ -1,0 +1,228 @@
+"""Statements built for each principal mode, checked by hand and by independent policy tools."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orgkeypolicy import keypolicy
+from orgkeypolicy.properties import PrincipalMode, Spec, parse_properties
+from orgkeypolicy.statements import Grantees, build_statements, digest, sid_prefix
+from tests.policychecks import assert_policy_safe
+
+ORG = "o-abcdefghij"
+PREFIX = sid_prefix("arn:aws:cloudformation:us-east-1:123456789012:stack/s/uuid", "Share")
+KEY = "1234abcd-12ab-34cd-56ef-1234567890ab"
+GRANTEES = Grantees(
+    organization_id=ORG,
+    partition="aws",
+    accounts=("111111111111", "222222222222", "333333333333"),
+    unit_paths=(f"{ORG}/r-ab12/ou-ab12-11111111/",),
+    outside_units=("333333333333",),
+    excluded=("444444444444",),
+)
+
+
+def spec(**props: object) -> Spec:
+    return parse_properties(
+        {"KeyIds": [KEY], "OrganizationalUnitIds": ["ou-ab12-11111111"], **props}
+    )
+
+
+def test_sid_prefix_is_stable_distinct_and_fixed_length() -> None:
+    stack = "arn:aws:cloudformation:us-east-1:123456789012:stack/s/uuid"
+    assert sid_prefix(stack, "Share") == PREFIX
+    others = {
+        sid_prefix(stack, "Share2"),
+        sid_prefix(stack + "x", "Share"),
+        sid_prefix(stack, "Shar"),
+    }
+    assert PREFIX not in others
+    assert len({len(p) for p in {PREFIX, *others}}) == 1
+    assert PREFIX.isalnum()
+
+
+def test_accounts_mode_grants_account_roots_within_the_organization() -> None:
+    [use] = build_statements(spec(), PREFIX, GRANTEES, PrincipalMode.ACCOUNTS)
+    assert use == {
+        "Sid": f"{PREFIX}Use",
+        "Effect": "Allow",
+        "Principal": {"AWS": [f"arn:aws:iam::{a}:root" for a in GRANTEES.accounts]},
+        "Action": sorted(
+            [
+                "kms:Encrypt",
+                "kms:Decrypt",
+                "kms:ReEncrypt*",
+                "kms:GenerateDataKey*",
+                "kms:DescribeKey",
+            ]
+        ),
+        "Resource": "*",
+        "Condition": {"StringEquals": {"aws:PrincipalOrgID": ORG}},
+    }
+
+
+def test_org_paths_mode_uses_a_wildcard_principal_bound_to_paths_and_the_org() -> None:
+    use_paths, use = build_statements(spec(), PREFIX, GRANTEES, PrincipalMode.ORG_PATHS)
+    assert use_paths["Sid"] == f"{PREFIX}UsePaths"
+    assert use_paths["Principal"] == {"AWS": "*"}
+    assert use_paths["Condition"] == {
+        "ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": [f"{ORG}/r-ab12/ou-ab12-11111111/*"]},
+        "StringEquals": {"aws:PrincipalOrgID": ORG},
+        "StringNotEquals": {"aws:PrincipalAccount": "444444444444"},
+    }
+    # Accounts named in AccountIds outside the named OUs keep an explicit statement.
+    assert use["Principal"] == {"AWS": ["arn:aws:iam::333333333333:root"]}
+
+
+def test_org_paths_without_nesting_matches_the_ou_itself_only() -> None:
+    flat = replace(GRANTEES, include_nested=False, excluded=())
+    use_paths, _ = build_statements(
+        spec(IncludeNestedOUs="false"), PREFIX, flat, PrincipalMode.ORG_PATHS
+    )
+    assert use_paths["Condition"] == {
+        "ForAnyValue:StringEquals": {"aws:PrincipalOrgPaths": [f"{ORG}/r-ab12/ou-ab12-11111111/"]},
+        "StringEquals": {"aws:PrincipalOrgID": ORG},
+    }
+
+
+def test_grants_statement_is_limited_to_aws_resources() -> None:
+    use, grants = build_statements(
+        spec(AllowGrants="true"), PREFIX, GRANTEES, PrincipalMode.ACCOUNTS
+    )
+    assert grants["Sid"] == f"{PREFIX}Grants"
+    assert grants["Action"] == ["kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant"]
+    assert grants["Condition"]["Bool"] == {"kms:GrantIsForAWSResource": "true"}
+    assert grants["Principal"] == use["Principal"]
+
+
+def test_role_names_and_conditions_apply_to_every_statement() -> None:
+    conditions = {
+        "StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"},
+        "Bool": {"aws:SecureTransport": "true"},
+    }
+    built = build_statements(
+        spec(RoleNames=["app", "/team/app2/"], Conditions=conditions, AllowGrants="true"),
+        PREFIX,
+        GRANTEES,
+        PrincipalMode.ORG_PATHS,
+    )
+    assert len(built) == 4
+    for statement in built:
+        condition = statement["Condition"]
+        assert condition["StringEquals"]["aws:PrincipalOrgID"] == ORG
+        assert condition["StringEquals"]["kms:ViaService"] == "s3.us-east-1.amazonaws.com"
+        assert condition["ArnLike"]["aws:PrincipalArn"] == [
+            "arn:aws:iam::${aws:PrincipalAccount}:role/app",
+            "arn:aws:iam::${aws:PrincipalAccount}:role/team/app2",
+        ]
+    # A user's Bool block merges with the grant condition, which keeps its value.
+    assert built[1]["Condition"]["Bool"] == {
+        "aws:SecureTransport": "true",
+        "kms:GrantIsForAWSResource": "true",
+    }
+
+
+def test_a_user_condition_cannot_weaken_the_grant_restriction() -> None:
+    built = build_statements(
+        spec(AllowGrants="true", Conditions={"Bool": {"kms:GrantIsForAWSResource": "false"}}),
+        PREFIX,
+        GRANTEES,
+        PrincipalMode.ACCOUNTS,
+    )
+    assert built[1]["Condition"]["Bool"]["kms:GrantIsForAWSResource"] == "true"
+
+
+def test_no_accounts_means_no_statements() -> None:
+    empty = replace(GRANTEES, accounts=(), outside_units=(), unit_paths=())
+    assert build_statements(spec(), PREFIX, empty, PrincipalMode.ACCOUNTS) == []
+    assert build_statements(spec(), PREFIX, empty, PrincipalMode.ORG_PATHS) == []
+
+
+def test_auto_is_not_a_statement_mode() -> None:
+    with pytest.raises(ValueError, match="Auto"):
+        build_statements(spec(), PREFIX, GRANTEES, PrincipalMode.AUTO)
+
+
+def test_digest_changes_exactly_with_the_grant() -> None:
+    one = build_statements(spec(), PREFIX, GRANTEES, PrincipalMode.ACCOUNTS)
+    same = build_statements(spec(), PREFIX, GRANTEES, PrincipalMode.ACCOUNTS)
+    fewer = build_statements(
+        spec(), PREFIX, replace(GRANTEES, accounts=GRANTEES.accounts[:2]), PrincipalMode.ACCOUNTS
+    )
+    assert digest({"k": one}) == digest({"k": same})
+    assert digest({"k": one}) != digest({"k": fewer})
+    assert digest({"k": one}) != digest({"k2": one})
+
+
+def test_accounts_per_key_policy_in_accounts_mode() -> None:
+    """How many accounts fit beside the default key statement: the figure the README quotes."""
+    default = {
+        "Version": "2012-10-17",
+        "Id": "key-default-1",
+        "Statement": [
+            {
+                "Sid": "Enable IAM User Permissions",
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+                "Action": "kms:*",
+                "Resource": "*",
+            }
+        ],
+    }
+
+    def fits(count: int) -> bool:
+        many = replace(GRANTEES, accounts=tuple(f"{100000000000 + i}" for i in range(count)))
+        statements = build_statements(spec(), PREFIX, many, PrincipalMode.ACCOUNTS)
+        return (
+            keypolicy.size(keypolicy.merge(default, PREFIX, statements))
+            <= keypolicy.MAX_POLICY_BYTES
+        )
+
+    low, high = 1, 2000
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    assert 900 <= low <= 1000, low
+
+
+accounts = st.lists(
+    st.from_regex(r"[0-9]{12}", fullmatch=True), min_size=1, max_size=30, unique=True
+)
+paths = st.lists(
+    st.from_regex(r"ou-ab12-[a-z0-9]{8}", fullmatch=True), max_size=4, unique=True
+).map(lambda ous: tuple(f"{ORG}/r-ab12/{ou}/" for ou in ous))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    accounts,
+    paths,
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([PrincipalMode.ACCOUNTS, PrincipalMode.ORG_PATHS]),
+    st.lists(st.from_regex(r"[A-Za-z0-9_+=,.@-]{1,20}", fullmatch=True), max_size=3, unique=True),
+)
+def test_every_built_policy_passes_independent_checks(
+    granted: list[str],
+    unit_paths: tuple[str, ...],
+    nested: bool,
+    grants: bool,
+    mode: PrincipalMode,
+    roles: list[str],
+) -> None:
+    grantees = Grantees(
+        ORG, "aws", tuple(sorted(granted)), unit_paths, tuple(granted[:2]), (), nested
+    )
+    props = {
+        "AllowGrants": str(grants).lower(),
+        "IncludeNestedOUs": str(nested).lower(),
+        "RoleNames": roles,
+    }
+    statements = build_statements(spec(**props), PREFIX, grantees, mode)
+    assert statements
+    assert keypolicy.unsafe_reasons(statements) == []
+    assert_policy_safe({"Version": "2012-10-17", "Statement": statements})

@@ -402,3 +402,27 @@ def test_fifty_keys_answer_within_the_response_limit(
         granted_accounts(policy(aws, key), prefix) == demo_org.accounts_under("Root")
         for key in keys[::10]
     )
+
+
+@pytest.mark.parametrize("then", ["Update", "Delete"])
+def test_an_alias_re_pointed_between_deploys_leaves_nothing_on_its_old_key(
+    aws: LocalAws, cfn: CloudFormation, demo_org: SeededOrg, then: str
+) -> None:
+    old_key, new_key = demo_org.keys["logs"], demo_org.keys["data"]
+    props = {"KeyIds": ["alias/demo-logs"], "OrganizationalUnitIds": [demo_org.ous["Dev"]]}
+    created = run(cfn, cfn.event("Create", props))
+    assert created.status == "SUCCESS", created.reason
+    prefix = str(created.physical_id)
+    aws.client("kms").update_alias(AliasName="alias/demo-logs", TargetKeyId=new_key)
+    if then == "Update":
+        new_props = {**props, "OrganizationalUnitIds": [demo_org.ous["Sandbox"]]}
+        event = cfn.event("Update", new_props, old_properties=props, physical_id=prefix)
+    else:
+        event = cfn.event("Delete", props, physical_id=prefix)
+    response = run(cfn, event)
+    assert response.status == "SUCCESS", response.reason
+    assert policy(aws, old_key) == demo_org.original_policies[old_key]
+    if then == "Update":
+        assert granted_accounts(policy(aws, new_key), prefix) == names(demo_org, "sbx-a")
+    else:
+        assert policy(aws, new_key) == demo_org.original_policies[new_key]

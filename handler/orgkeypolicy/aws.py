@@ -19,7 +19,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from orgkeypolicy.errors import InvalidPropertyError, KeyAccessError, OrganizationsError
-from orgkeypolicy.identifiers import KeyRef
+from orgkeypolicy.identifiers import KeyRef, KeyRefKind
 from orgkeypolicy.organization import Account, Unit, unit_path
 from orgkeypolicy.properties import ACCOUNT_IDS, KEY_IDS, ORGANIZATIONS_ROLE_ARN, OU_IDS
 
@@ -186,7 +186,7 @@ class KeyStore:
 
     def __init__(self, session: boto3.Session, *, pool: int) -> None:
         self._session = session
-        self._pool = pool
+        self.pool = pool
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -198,7 +198,7 @@ class KeyStore:
                 self._clients[region] = self._session.client(
                     "kms",
                     region_name=region,
-                    config=client_config("standard", attempts=6, pool=self._pool),
+                    config=client_config("standard", attempts=6, pool=self.pool),
                 )
             return self._clients[region]
 
@@ -221,6 +221,24 @@ class KeyStore:
             state=meta.get("KeyState", "Unknown"),
             manager=meta.get("KeyManager", "CUSTOMER"),
         )
+
+    def key_arns(self, region: str) -> list[str]:
+        """Every key of the account in ``region`` (ListKeys, paginated)."""
+        paginator = self._client(region).get_paginator("list_keys")
+        try:
+            return [key["KeyArn"] for page in paginator.paginate() for key in page.get("Keys", [])]
+        except ClientError as error:
+            raise KeyAccessError(
+                f"Listing the keys of {region} failed ({_code(error)}); "
+                "check the function role's kms:ListKeys permission"
+            ) from error
+
+    @staticmethod
+    def key_at(arn: str) -> KeyInfo:
+        """A key known only by its ARN (from ListKeys), enough to read and write its policy."""
+        parts = arn.split(":")
+        ref = KeyRef(arn, KeyRefKind.KEY_ARN, parts[3], parts[4], parts[1])
+        return KeyInfo(ref, arn, parts[4], parts[3], state="Unknown", manager="CUSTOMER")
 
     def read(self, key: KeyInfo) -> str:
         try:

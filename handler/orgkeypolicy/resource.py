@@ -140,18 +140,21 @@ def apply(
     lookup = _lookup(spec, directory, settings, me.partition)
     store = KeyStore(session, pool=settings.key_workers)
     targets = _resolve(store, spec.key_refs, me, settings)
-    dropped = _dropped_keys(request, store, me, settings, {key.arn for key in targets})
-    befores = _map(
-        lambda key: keypolicy.parse(store.read(key)), [*targets, *dropped], settings.key_workers
+    old = _resolve_leniently(store, request.old_properties, me, settings)
+    kept = {key.arn for key in targets}
+    dropped = list({key.arn: key for _, key in old if key and key.arn not in kept}.values())
+    keys = [*targets, *dropped]
+    befores = dict(
+        zip(
+            [key.arn for key in keys],
+            _map(lambda key: keypolicy.parse(store.read(key)), keys, settings.key_workers),
+            strict=True,
+        )
     )
-    plans = [
-        _plan(spec, prefix, lookup, key, before)
-        for key, before in zip(targets, befores, strict=False)
-    ]
-    plans += [
-        KeyPlan(key, before, [])
-        for key, before in zip(dropped, befores[len(targets) :], strict=True)
-    ]
+    stale = _stale_alias_regions(old, befores, prefix, me)
+    plans = [_plan(spec, prefix, lookup, key, befores[key.arn]) for key in targets]
+    plans += [KeyPlan(key, befores[key.arn], []) for key in dropped]
+    plans += [KeyPlan(key, policy, []) for key, policy in _orphans(store, prefix, stale, kept)]
     for plan in plans:
         problems = keypolicy.unsafe_reasons(plan.wanted)
         if problems:
@@ -284,20 +287,62 @@ def _resolve(
     return list(keys.values())
 
 
-def _dropped_keys(
-    request: Request, store: KeyStore, me: Identity, settings: Settings, kept: set[str]
-) -> list[KeyInfo]:
-    """Keys of the old properties that the new ones no longer name (Update only)."""
-    if request.old_properties is None:
+def _resolve_leniently(
+    store: KeyStore, properties: Mapping[str, Any] | None, me: Identity, settings: Settings
+) -> list[tuple[KeyRef, KeyInfo | None]]:
+    """The key each well-formed reference of ``properties`` names now (``None``: none of ours).
+
+    For the old side of an Update and for Delete: their properties may no longer validate,
+    and their keys may be gone, yet the statements this resource wrote must still be found.
+    """
+    if properties is None:
         return []
-    refs = [
-        ref
-        for ref in key_refs_leniently(request.old_properties)
-        if ref.account in (None, me.account)
-    ]
+    refs = [ref for ref in key_refs_leniently(properties) if ref.account in (None, me.account)]
     found = _map(store.describe, refs, settings.key_workers)
-    unique = {key.arn: key for key in found if key is not None and key.account == me.account}
-    return [key for arn, key in unique.items() if arn not in kept and key.manager == "CUSTOMER"]
+    return [
+        (ref, key if key and key.account == me.account and key.manager == "CUSTOMER" else None)
+        for ref, key in zip(refs, found, strict=True)
+    ]
+
+
+def _stale_alias_regions(
+    resolved: Iterable[tuple[KeyRef, KeyInfo | None]],
+    policies: Mapping[str, keypolicy.Policy],
+    prefix: str,
+    me: Identity,
+) -> set[str]:
+    """Regions where an alias no longer leads to a key holding this resource's statements.
+
+    An alias can be re-pointed, or deleted, between deploys: the key it named before keeps
+    this resource's statements, and only a look through the region's keys finds it.
+    """
+    return {
+        ref.region or me.region
+        for ref, key in resolved
+        if ref.is_alias
+        and (key is None or not keypolicy.managed(policies.get(key.arn, {}), prefix))
+    }
+
+
+def _orphans(
+    store: KeyStore, prefix: str, regions: set[str], known: set[str]
+) -> list[tuple[KeyInfo, keypolicy.Policy]]:
+    """Keys in ``regions``, other than ``known``, that still hold this resource's statements."""
+    if not regions:
+        return []
+    logger.info("Looking for keys an alias used to name", extra={"regions": sorted(regions)})
+    arns = [arn for region in sorted(regions) for arn in store.key_arns(region) if arn not in known]
+
+    def holding(arn: str) -> tuple[KeyInfo, keypolicy.Policy] | None:
+        key = store.key_at(arn)
+        try:
+            policy = keypolicy.parse(store.read(key))
+        except KeyAccessError:
+            # Keys this function may not read (AWS managed ones) cannot hold its statements.
+            return None
+        return (key, policy) if keypolicy.managed(policy, prefix) else None
+
+    return [found for found in _map(holding, arns, store.pool) if found]
 
 
 def _log_selection(selection: Selection) -> None:
@@ -414,31 +459,47 @@ def delete(
         return Outcome(request.physical_id)
     me = identity(session)
     store = KeyStore(session, pool=settings.key_workers)
-    refs = [
-        ref for ref in key_refs_leniently(request.properties) if ref.account in (None, me.account)
-    ]
-    found = _map(store.describe, refs, settings.key_workers)
-    keys = {
-        key.arn: key
-        for key in found
-        if key is not None and key.account == me.account and key.manager == "CUSTOMER"
-    }
+    resolved = _resolve_leniently(store, request.properties, me, settings)
+    keys = list({key.arn: key for _, key in resolved if key}.values())
 
-    def remove(key: KeyInfo) -> int:
+    def read(key: KeyInfo) -> keypolicy.Policy | None:
         try:
-            plan = KeyPlan(key, keypolicy.parse(store.read(key)), [])
-            _converge(store, plan, prefix, [], plan.before, settings, deadline)
+            return keypolicy.parse(store.read(key))
         except KeyAccessError as error:
             if is_missing(error):
                 logger.info(
                     "Key is gone or pending deletion; nothing to remove", extra={"key": key.arn}
                 )
-                return 0
+                return None
+            raise
+
+    policies = {
+        key.arn: policy
+        for key, policy in zip(keys, _map(read, keys, settings.key_workers), strict=True)
+        if policy is not None
+    }
+    stale = _stale_alias_regions(resolved, policies, prefix, me)
+    plans = [KeyPlan(key, policies[key.arn], []) for key in keys if key.arn in policies]
+    plans += [
+        KeyPlan(key, policy, []) for key, policy in _orphans(store, prefix, stale, set(policies))
+    ]
+
+    def remove(plan: KeyPlan) -> int:
+        try:
+            _converge(store, plan, prefix, [], plan.before, settings, deadline)
+        except KeyAccessError as error:
+            if is_missing(error):
+                logger.info(
+                    "Key is gone or pending deletion; nothing to remove",
+                    extra={"key": plan.key.arn},
+                )
+                return plan.writes
             raise
         return plan.writes
 
-    writes = _map(remove, list(keys.values()), settings.key_workers)
-    return Outcome(prefix, {"StatementSid": prefix, "KeyArns": ",".join(keys)}, sum(writes))
+    writes = _map(remove, plans, settings.key_workers)
+    arns = ",".join(plan.key.arn for plan in plans)
+    return Outcome(prefix, {"StatementSid": prefix, "KeyArns": arns}, sum(writes))
 
 
 # --- Concurrency helpers ----------------------------------------------------------------------

@@ -1,0 +1,84 @@
+"""Fixtures: a local AWS (moto), a fault proxy in front of it, CloudFormation's response
+endpoint, and the demo organization.
+
+Session fixtures are per pytest-xdist worker. Each test gets an empty moto, and its
+``os.environ`` points boto3 at the local AWS (or at the proxy, with ``fault_proxy``) only for
+its own duration.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import boto3
+import pytest
+
+from localaws.cfn import CloudFormation, FakeLambdaContext
+from localaws.proxy import FaultProxy
+from localaws.seed import SeededOrg, seed_demo_org
+from localaws.server import LocalAws, aws_environment, stale_aws_variables
+
+# Nothing listens on the discard port: a boto3 client created before a test's fixtures ran
+# (at import time, say) fails fast with a connection error instead of reaching real AWS.
+UNREACHABLE_ENDPOINT = "http://127.0.0.1:9"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name in stale_aws_variables():
+        os.environ.pop(name, None)
+    os.environ.update(aws_environment(UNREACHABLE_ENDPOINT))
+
+
+@pytest.fixture(scope="session")
+def local_aws() -> Iterator[LocalAws]:
+    server = LocalAws.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws(local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch) -> LocalAws:
+    """The local AWS, emptied, with ``os.environ`` pointing boto3 at it for this test."""
+    local_aws.reset()
+    for name in stale_aws_variables():
+        monkeypatch.delenv(name, raising=False)
+    for name, value in aws_environment(local_aws.url).items():
+        monkeypatch.setenv(name, value)
+    # boto3's default session caches what it resolved from an earlier test's environment.
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    return local_aws
+
+
+@pytest.fixture(scope="session")
+def cfn_server() -> Iterator[CloudFormation]:
+    server = CloudFormation()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cfn(cfn_server: CloudFormation, monkeypatch: pytest.MonkeyPatch) -> CloudFormation:
+    """CloudFormation's response endpoint, trusted through ``SSL_CERT_FILE`` for this test."""
+    cfn_server.reset()
+    monkeypatch.setenv("SSL_CERT_FILE", cfn_server.ca_file)
+    return cfn_server
+
+
+@pytest.fixture
+def demo_org(aws: LocalAws) -> SeededOrg:
+    return seed_demo_org(aws.url)
+
+
+@pytest.fixture
+def fault_proxy(aws: LocalAws, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
+    """A started FaultProxy in front of the local AWS; ``AWS_ENDPOINT_URL`` points at it."""
+    proxy = FaultProxy(aws.url).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def lambda_context() -> FakeLambdaContext:
+    return FakeLambdaContext()

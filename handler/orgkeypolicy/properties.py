@@ -78,7 +78,10 @@ _OPERATORS = (
 CONDITION_OPERATOR = re.compile(
     rf"(?:ForAnyValue:|ForAllValues:)?(?:{_OPERATORS})(?:IfExists)?|Null"
 )
-CONDITION_KEY = re.compile(r"[a-z0-9-]{2,32}:[A-Za-z0-9_.:/@+=, -]{1,128}", re.IGNORECASE)
+# ASCII: with IGNORECASE alone, look-alikes such as the dotless i would match [a-z].
+CONDITION_KEY = re.compile(
+    r"[a-z0-9-]{2,32}:[A-Za-z0-9_.:/@+=, -]{1,128}", re.IGNORECASE | re.ASCII
+)
 MAX_CONDITION_KEYS = 20
 MAX_CONDITION_VALUES = 50
 MAX_CONDITION_VALUE_LENGTH = 1024
@@ -87,6 +90,9 @@ MAX_KEYS = 50
 MAX_OUS = 100
 MAX_ACCOUNTS = 1000
 MAX_ROLE_NAMES = 20
+MAX_ROLE_PATH = 512
+# Raw spellings allowed before case-folding; the canonical actions are fewer.
+MAX_ACTION_SPELLINGS = 100
 
 KEY_IDS = "KeyIds"
 OU_IDS = "OrganizationalUnitIds"
@@ -153,7 +159,9 @@ def parse_properties(raw: object, *, default_role_arn: str | None = None) -> Spe
     excluded = _id_list(
         raw, EXCLUDE_ACCOUNT_IDS, MAX_ACCOUNTS, _is_account, "a 12-digit account ID"
     )
-    role_arn = raw.get(ORGANIZATIONS_ROLE_ARN, default_role_arn) or None
+    role_arn = raw.get(ORGANIZATIONS_ROLE_ARN, default_role_arn)
+    # Only an empty string means "no role": [] or false are mistakes, not an opt-out.
+    role_arn = None if role_arn in (None, "") else role_arn
     if role_arn is not None and not (isinstance(role_arn, str) and ROLE_ARN.fullmatch(role_arn)):
         raise InvalidPropertyError(
             ORGANIZATIONS_ROLE_ARN,
@@ -236,7 +244,13 @@ def _is_unit_id(value: str) -> bool:
 
 
 def _is_role_name(value: str) -> bool:
-    return ROLE_NAME.fullmatch(value.strip("/")) is not None
+    path, _, name = value.strip("/").rpartition("/")
+    # IAM: a path of at most 512 characters (with its slashes), a name of at most 64.
+    return (
+        ROLE_NAME.fullmatch(value.strip("/")) is not None
+        and len(path) + 2 <= MAX_ROLE_PATH
+        and len(name) <= 64
+    )
 
 
 def _key_refs(value: object) -> tuple[KeyRef, ...]:
@@ -282,7 +296,7 @@ def _principal_mode(value: object) -> PrincipalMode:
 def _actions(value: object) -> tuple[str, ...]:
     if value is None:
         return DEFAULT_ACTIONS
-    texts = _string_list(ACTIONS, value, len(USE_ACTIONS))
+    texts = _string_list(ACTIONS, value, MAX_ACTION_SPELLINGS)
     if not texts:
         raise InvalidPropertyError(ACTIONS, value, "is empty", "omit it for the default actions")
     actions = []
@@ -321,8 +335,9 @@ def _conditions(value: object) -> ConditionBlock:
             )
         for key, values in entries.items():
             count += 1
-            block.setdefault(operator, {})[_condition_key(operator, key)] = _condition_values(
-                f"{CONDITIONS}.{operator}.{key}", values
+            checked = _condition_key(operator, key)
+            block.setdefault(operator, {})[checked] = _condition_values(
+                f"{CONDITIONS}.{operator}.{checked}", values
             )
     if count > MAX_CONDITION_KEYS:
         raise InvalidPropertyError(

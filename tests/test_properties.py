@@ -1177,3 +1177,14 @@ def test_reason_shape_is_checked_by_the_helpers() -> None:
         _check_error(InvalidPropertyError("Nothing", "x", "is wrong"))
     with pytest.raises(AssertionError):
         _check_spec(Spec(key_refs=(), account_ids=(MEMBER,)))
+
+
+@pytest.mark.parametrize("key", ["aws:PrincipalOrgID ", " aws:PrincipalArn", "kms:ViaService "])
+def test_condition_keys_padded_with_spaces_are_refused(key: str) -> None:
+    props = {
+        "KeyIds": ["alias/x"],
+        "AccountIds": ["123456789012"],
+        "Conditions": {"StringEquals": {key: "v"}},
+    }
+    with pytest.raises(InvalidPropertyError, match="is not a condition key"):
+        parse_properties(props)

@@ -348,7 +348,8 @@ def _conditions(value: object) -> ConditionBlock:
 
 def _condition_key(operator: str, key: object) -> str:
     prop = f"{CONDITIONS}.{operator}"
-    if not isinstance(key, str) or not CONDITION_KEY.fullmatch(key):
+    # Spaces may sit inside a tag key, never around it: "aws:PrincipalOrgID " is no new key.
+    if not isinstance(key, str) or not CONDITION_KEY.fullmatch(key) or key != key.strip():
         raise InvalidPropertyError(prop, key, "is not a condition key", "use service:Key")
     if key.lower() in RESERVED_CONDITION_KEYS:
         raise InvalidPropertyError(

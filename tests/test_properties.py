@@ -818,11 +818,14 @@ def test_shown_escapes_everything_but_printable_ascii(value: object, expected: s
     assert shown(value) == expected
 
 
-def test_shown_shortens_long_values() -> None:
-    assert shown("x" * 48) == f"'{'x' * 48}'"
-    assert shown("x" * 49) == f"'{'x' * 45}...'"
-    assert shown("abcdefghij", limit=8) == "'abcde...'"
-    assert len(shown("\u202e" * 1000)) == 50
+def test_shown_shortens_long_values_in_the_middle() -> None:
+    assert shown("x" * 90) == f"'{'x' * 90}'"
+    assert shown("a" * 50 + "b" * 50) == f"'{'a' * 29}...{'a' * 8}{'b' * 50}'"
+    assert shown("abcdefghijkl", limit=8) == "'a...ijkl'"
+    assert len(shown("\u202e" * 1000)) == 92
+    # Two key ARNs that differ only at the end stay told apart.
+    arn = "arn:aws:kms:us-east-1:123456789012:key/"
+    assert shown(arn + "a" * 36 + "/x" * 10).endswith("/x/x/x/x/x/x/x/x/x/x'")
 
 
 def test_clip_keeps_the_start_and_stays_within_the_limit() -> None:

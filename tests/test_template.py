@@ -381,11 +381,16 @@ def test_kms_limited_to_key_policy_actions_on_the_accounts_keys(
     everything = [
         s for s in _statements(deployed_template) if any(a.startswith("kms:") for a in s.actions)
     ]
-    listing = [s for s in everything if s.actions == ["kms:ListKeys"]]
-    kms = [s for s in everything if s not in listing]
-    # Listing keys is the one KMS action on "*": it reads no policy and changes nothing.
+    listing = [s for s in everything if sorted(s.actions) == ["kms:ListAliases", "kms:ListKeys"]]
+    locking = [s for s in everything if sorted(s.actions) == ["kms:CreateAlias", "kms:DeleteAlias"]]
+    kms = [s for s in everything if s not in listing and s not in locking]
+    # Listing is the one KMS grant on "*": it reads no policy and changes nothing.
     assert len(listing) == 2
     assert all(s.resources == ["*"] and "Condition" not in s.body for s in listing)
+    # Aliases can be made only under the lock prefix (CreateAlias also names the key).
+    assert len(locking) == 2
+    lock_aliases = "arn:${AWS::Partition}:kms:*:${AWS::AccountId}:alias/orgkeypolicy-lock/*"
+    assert all(sorted(s.resources) == sorted([lock_aliases, ACCOUNT_KEYS]) for s in locking)
     by_choice = {s.choices: s for s in kms}
     assert len(by_choice) == len(kms) == 2, kms
     for statement in kms:

@@ -8,10 +8,14 @@ setting) points every client at a local emulator.
 
 from __future__ import annotations
 
+import logging
+import random
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import boto3
@@ -22,6 +26,8 @@ from orgkeypolicy.errors import InvalidPropertyError, KeyAccessError, Organizati
 from orgkeypolicy.identifiers import KeyRef, KeyRefKind
 from orgkeypolicy.organization import Account, Unit, unit_path
 from orgkeypolicy.properties import ACCOUNT_IDS, KEY_IDS, ORGANIZATIONS_ROLE_ARN, OU_IDS
+
+logger = logging.getLogger(__name__)
 
 # Organizations is a global service served from one region per partition.
 _ORGANIZATIONS_REGION = {
@@ -181,6 +187,12 @@ class KeyInfo:
     manager: str
 
 
+# A key's write lock: an alias, which KMS creates atomically or refuses as existing.
+LOCK_ALIAS_PREFIX = "alias/orgkeypolicy-lock/"
+# A lock older than Lambda's longest run was left by a writer that died holding it.
+LOCK_STALE_SECONDS = 900
+
+
 class KeyStore:
     """DescribeKey, GetKeyPolicy and PutKeyPolicy, in whichever region each key lives."""
 
@@ -195,12 +207,68 @@ class KeyStore:
         # Making clients from one session is not thread-safe; using them afterwards is.
         with self._lock:
             if region not in self._clients:
+                # KMS answers in milliseconds: 3 attempts of at most 10 s fit inside the time
+                # the handler keeps back to put keys back and answer.
+                config = client_config("standard", attempts=3, pool=self.pool)
                 self._clients[region] = self._session.client(
                     "kms",
                     region_name=region,
-                    config=client_config("standard", attempts=6, pool=self.pool),
+                    config=config.merge(Config(read_timeout=10)),
                 )
             return self._clients[region]
+
+    @contextmanager
+    def locked(self, key: KeyInfo, wait: float) -> Iterator[None]:
+        """Hold the key's write lock, waiting at most ``wait`` seconds for it.
+
+        KMS offers no conditional write: two resources merging into one key at the same moment
+        would each write a policy without the other's statements. Every writer of this project
+        takes the lock around its read-merge-write, so they take turns instead.
+        """
+        client = self._client(key.region)
+        name = LOCK_ALIAS_PREFIX + key.arn.rsplit("/", 1)[-1]
+        give_up = time.monotonic() + wait
+        while True:
+            try:
+                client.create_alias(AliasName=name, TargetKeyId=key.arn)
+                break
+            except ClientError as error:
+                if _code(error) != "AlreadyExistsException":
+                    raise KeyAccessError(
+                        f"{key.arn}: taking its write lock failed ({_code(error)}); "
+                        "check the function role's kms:CreateAlias permission"
+                    ) from error
+            self._break_if_stale(client, name, key)
+            if time.monotonic() > give_up:
+                raise KeyAccessError(
+                    f"{key.arn}: another writer holds {name}; retry, or delete that alias "
+                    "if no deploy is running"
+                )
+            time.sleep(random.uniform(0.05, 0.3))  # noqa: S311 - jitter, not secrecy
+        try:
+            yield
+        finally:
+            try:
+                client.delete_alias(AliasName=name)
+            except ClientError as error:
+                logger.warning(
+                    "Could not release the write lock", extra={"alias": name, "error": _code(error)}
+                )
+
+    @staticmethod
+    def _break_if_stale(client: Any, name: str, key: KeyInfo) -> None:
+        try:
+            aliases = client.list_aliases(KeyId=key.arn.rsplit("/", 1)[-1])["Aliases"]
+            created = next(a.get("CreationDate") for a in aliases if a["AliasName"] == name)
+        except (ClientError, StopIteration):
+            return
+        if (
+            isinstance(created, datetime)
+            and (datetime.now(UTC) - created).total_seconds() > LOCK_STALE_SECONDS
+        ):
+            logger.warning("Breaking a stale write lock", extra={"alias": name})
+            with suppress(ClientError):
+                client.delete_alias(AliasName=name)
 
     def describe(self, ref: KeyRef) -> KeyInfo | None:
         """The key a reference names now, or ``None`` when the key or alias does not exist."""
@@ -262,7 +330,7 @@ class KeyStore:
                 BypassPolicyLockoutSafetyCheck=False,
             )
         except ClientError as error:
-            message = str(error.response.get("Error", {}).get("Message", ""))[:80]
+            message = str(error.response.get("Error", {}).get("Message", ""))[:100]
             raise KeyAccessError(
                 f"{key.arn}: writing its policy failed ({_code(error)}) {message}".rstrip()
             ) from error

@@ -122,7 +122,8 @@ class CustomResource(CfnResource):
             self._answered = False
         self._request = event
         self._lambda_context = context
-        super().__call__(event, context)
+        # crhelper logs the event at DEBUG; the ResponseURL is a credential and only _send needs it.
+        super().__call__({**event, "ResponseURL": "(redacted)"}, context)
 
     def _send(self, status: str | None = None, reason: str = "", send_response: Any = None) -> None:
         # crhelper's timer and the request itself may both try to answer: the first one wins.

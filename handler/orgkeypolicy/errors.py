@@ -6,17 +6,19 @@ from __future__ import annotations
 MAX_REASON = 255
 
 
-def shown(value: object, limit: int = 48) -> str:
+def shown(value: object, limit: int = 90) -> str:
     """A value as it may appear in a reason: quoted, ASCII-escaped and shortened.
 
     Escaping keeps control characters and look-alike Unicode visible instead of letting
     them rewrite the console line; shortening keeps the reason under CloudFormation's limit.
+    The middle goes, not the end: the end of an ARN (the key ID) is what tells keys apart.
     """
     text = value if isinstance(value, str) else repr(value)
     text = text.encode("ascii", "backslashreplace").decode("ascii")
     text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
     if len(text) > limit:
-        text = text[: limit - 3] + "..."
+        head = (limit - 3) // 3
+        text = text[:head] + "..." + text[len(text) - (limit - 3 - head) :]
     return f"'{text}'"
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from localaws.seed import LargeOrg
-from orgkeypolicy import keypolicy
-from orgkeypolicy.properties import PrincipalMode, parse_properties
-from orgkeypolicy.statements import Grantees, build_statements, sid_prefix
+from orgkeypolicy.capacity import accounts_that_fit
+from orgkeypolicy.properties import parse_properties
+from orgkeypolicy.statements import Grantees, sid_prefix
 
 PAGE_SIZE = 20
 """Organizations' largest (and moto's default) page for both list calls the walk makes."""
@@ -91,19 +91,8 @@ def tree_depth(org: LargeOrg, unit: str) -> int:
 
 # --- Accounts mode capacity -------------------------------------------------------------------
 
-# The same set-up as tests/test_statements.py::test_accounts_per_key_policy_in_accounts_mode:
-# a key's default policy plus this resource's statements, 12-digit account IDs.
+# A key's default policy plus this resource's statements, 12-digit account IDs.
 _ORG = "o-abcdefghij"
-_PREFIX = sid_prefix("arn:aws:cloudformation:us-east-1:123456789012:stack/s/uuid", "Share")
-_KEY = "1234abcd-12ab-34cd-56ef-1234567890ab"
-_GRANTEES = Grantees(
-    organization_id=_ORG,
-    partition="aws",
-    accounts=(),
-    unit_paths=(f"{_ORG}/r-ab12/ou-ab12-11111111/",),
-    outside_units=("333333333333",),
-    excluded=("444444444444",),
-)
 _DEFAULT_POLICY = {
     "Version": "2012-10-17",
     "Id": "key-default-1",
@@ -119,25 +108,14 @@ _DEFAULT_POLICY = {
 }
 
 
-def accounts_per_key_policy(*, allow_grants: bool = False, ceiling: int = 4000) -> int:
-    """The most accounts one key policy holds in Accounts mode beside the default statement
-    (KMS's 32 KB limit), found by bisection over the statements the handler builds."""
+def accounts_per_key_policy(*, allow_grants: bool = False) -> int:
+    """The most accounts one key policy holds in Accounts mode beside the default statement."""
     spec = parse_properties(
         {
-            "KeyIds": [_KEY],
+            "KeyIds": ["1234abcd-12ab-34cd-56ef-1234567890ab"],
             "OrganizationalUnitIds": ["ou-ab12-11111111"],
             "AllowGrants": "true" if allow_grants else "false",
         }
     )
-
-    def fits(count: int) -> bool:
-        many = replace(_GRANTEES, accounts=tuple(f"{100000000000 + i}" for i in range(count)))
-        statements = build_statements(spec, _PREFIX, many, PrincipalMode.ACCOUNTS)
-        merged = keypolicy.merge(_DEFAULT_POLICY, _PREFIX, statements)
-        return keypolicy.size(merged) <= keypolicy.MAX_POLICY_BYTES
-
-    low, high = 0, ceiling
-    while low < high:
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if fits(middle) else (low, middle - 1)
-    return low
+    prefix = sid_prefix("arn:aws:cloudformation:us-east-1:123456789012:stack/s/uuid", "Share")
+    return accounts_that_fit(_DEFAULT_POLICY, spec, prefix, Grantees(_ORG, "aws", accounts=()))

@@ -36,6 +36,7 @@ from localaws.seed import DEFAULT_STATEMENT, SeededOrg
 from localaws.server import DEFAULT_REGION, MOTO_ACCOUNT_ID, LocalAws
 from orgkeypolicy import keypolicy, resource
 from orgkeypolicy.statements import sid_prefix
+from tests.padding import padded
 from tests.policychecks import assert_policy_safe
 
 T = TypeVar("T")
@@ -902,20 +903,7 @@ def crowd(aws: LocalAws, key: str, prefix: str, room: int) -> None:
     """Give the key a foreign statement that leaves ``room`` bytes for this resource's."""
     document = read_policy(aws, key)
     ours_bytes = keypolicy.size(document) - keypolicy.size(keypolicy.strip(document, prefix))
-    padding: dict[str, Any] = {
-        "Sid": "Padding",
-        "Effect": "Deny",
-        "Principal": {"AWS": "*"},
-        "Action": "kms:Decrypt",
-        "Resource": "*",
-        "Condition": {"StringEquals": {"aws:SourceVpc": "vpc-"}},
-    }
-    document["Statement"].append(padding)
-    target = keypolicy.MAX_POLICY_BYTES - room + ours_bytes
-    padding["Condition"]["StringEquals"]["aws:SourceVpc"] += "0" * (
-        target - keypolicy.size(document)
-    )
-    assert keypolicy.size(document) == target
+    document = padded(document, keypolicy.MAX_POLICY_BYTES - room + ours_bytes)
     aws.client("kms").put_key_policy(
         KeyId=key, PolicyName="default", Policy=keypolicy.serialize(document)
     )

@@ -15,6 +15,7 @@ from localaws.seed import SeededOrg
 from localaws.server import LocalAws
 from orgkeypolicy import keypolicy
 from orgkeypolicy.statements import sid_prefix
+from tests.padding import padded
 from tests.policychecks import assert_policy_safe
 
 ACCOUNT = "123456789012"
@@ -188,24 +189,12 @@ def test_org_paths_mode_names_the_ou_path(
     assert granted_accounts(document, prefix) == names(demo_org, "sbx-a")
 
 
-def crowd(aws: LocalAws, demo_org: SeededOrg, key: str, size: int) -> dict[str, Any]:
+def crowd(aws: LocalAws, demo_org: SeededOrg, key: str, size: int) -> None:
     """Give the key a foreign statement that brings its policy to ``size`` bytes."""
-    crowded: dict[str, Any] = json.loads(json.dumps(demo_org.original_policies[key]))
-    padding: dict[str, Any] = {
-        "Sid": "Padding",
-        "Effect": "Deny",
-        "Principal": {"AWS": "*"},
-        "Action": "kms:Decrypt",
-        "Resource": "*",
-        "Condition": {"StringEquals": {"aws:SourceVpc": "vpc-"}},
-    }
-    crowded["Statement"].append(padding)
-    padding["Condition"]["StringEquals"]["aws:SourceVpc"] += "0" * (size - keypolicy.size(crowded))
-    assert keypolicy.size(crowded) == size
+    document = padded(demo_org.original_policies[key], size)
     aws.client("kms").put_key_policy(
-        KeyId=key, PolicyName="default", Policy=keypolicy.serialize(crowded)
+        KeyId=key, PolicyName="default", Policy=keypolicy.serialize(document)
     )
-    return crowded
 
 
 def add_accounts(aws: LocalAws, demo_org: SeededOrg, count: int) -> set[str]:

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orgkeypolicy import keypolicy
+from orgkeypolicy.capacity import accounts_that_fit
 from orgkeypolicy.properties import PrincipalMode, Spec, parse_properties
 from orgkeypolicy.statements import Grantees, build_statements, digest, sid_prefix
 from tests.policychecks import assert_policy_safe
@@ -158,35 +159,36 @@ def test_digest_changes_exactly_with_the_grant() -> None:
     assert digest({"k": one}) != digest({"k2": one})
 
 
+DEFAULT_KEY_POLICY = {
+    "Version": "2012-10-17",
+    "Id": "key-default-1",
+    "Statement": [
+        {
+            "Sid": "Enable IAM User Permissions",
+            "Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+            "Action": "kms:*",
+            "Resource": "*",
+        }
+    ],
+}
+
+
 def test_accounts_per_key_policy_in_accounts_mode() -> None:
     """How many accounts fit beside the default key statement: the figure the README quotes."""
-    default = {
-        "Version": "2012-10-17",
-        "Id": "key-default-1",
-        "Statement": [
-            {
-                "Sid": "Enable IAM User Permissions",
-                "Effect": "Allow",
-                "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
-                "Action": "kms:*",
-                "Resource": "*",
-            }
-        ],
-    }
-
-    def fits(count: int) -> bool:
+    most = accounts_that_fit(DEFAULT_KEY_POLICY, spec(), PREFIX, GRANTEES)
+    assert 900 <= most <= 1000, most
+    with_grants = accounts_that_fit(DEFAULT_KEY_POLICY, spec(AllowGrants="true"), PREFIX, GRANTEES)
+    # The grants statement repeats the principals: about half as many.
+    assert most // 2 - 20 <= with_grants <= most // 2 + 5, with_grants
+    for count, fits in ((most, True), (most + 1, False)):
         many = replace(GRANTEES, accounts=tuple(f"{100000000000 + i}" for i in range(count)))
-        statements = build_statements(spec(), PREFIX, many, PrincipalMode.ACCOUNTS)
-        return (
-            keypolicy.size(keypolicy.merge(default, PREFIX, statements))
-            <= keypolicy.MAX_POLICY_BYTES
+        merged = keypolicy.merge(
+            DEFAULT_KEY_POLICY,
+            PREFIX,
+            build_statements(spec(), PREFIX, many, PrincipalMode.ACCOUNTS),
         )
-
-    low, high = 1, 2000
-    while low < high:
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if fits(middle) else (low, middle - 1)
-    assert 900 <= low <= 1000, low
+        assert (keypolicy.size(merged) <= keypolicy.MAX_POLICY_BYTES) == fits
 
 
 accounts = st.lists(

@@ -3,7 +3,9 @@ response CloudFormation receives on a local HTTPS endpoint."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -415,3 +417,27 @@ def test_an_alias_re_pointed_between_deploys_leaves_nothing_on_its_old_key(
         assert granted_accounts(policy(aws, new_key), prefix) == names(demo_org, "sbx-a")
     else:
         assert policy(aws, new_key) == demo_org.original_policies[new_key]
+
+
+def test_every_log_line_names_the_stack_the_resource_and_the_request_type(
+    aws: LocalAws, cfn: CloudFormation, demo_org: SeededOrg
+) -> None:
+    props = {"KeyIds": ["alias/demo-logs"], "OrganizationalUnitIds": [demo_org.ous["Prod"]]}
+    event = cfn.event("Create", props, logical_id="Logged")
+    handler = app.logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    buffer = io.StringIO()
+    previous = handler.setStream(buffer)
+    try:
+        run(cfn, event)
+    finally:
+        handler.setStream(previous)
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    # This project's own modules log through Powertools' handler too.
+    assert any(line["message"].startswith("Accounts not granted") for line in lines), lines
+    assert any(line["message"] == "Answering CloudFormation" for line in lines), lines
+    for line in lines:
+        assert line["stack_id"] == cfn.stack_id
+        assert line["logical_resource_id"] == "Logged"
+        assert line["request_type"] == "Create"
+        assert line["service"] == "OrgKeyPolicy"

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from localaws.seed import LargeOrg
+from localaws.seed import DEFAULT_STATEMENT, LargeOrg
 from orgkeypolicy.capacity import accounts_that_fit
 from orgkeypolicy.properties import parse_properties
 from orgkeypolicy.statements import Grantees, sid_prefix
@@ -93,19 +93,7 @@ def tree_depth(org: LargeOrg, unit: str) -> int:
 
 # A key's default policy plus this resource's statements, 12-digit account IDs.
 _ORG = "o-abcdefghij"
-_DEFAULT_POLICY = {
-    "Version": "2012-10-17",
-    "Id": "key-default-1",
-    "Statement": [
-        {
-            "Sid": "Enable IAM User Permissions",
-            "Effect": "Allow",
-            "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
-            "Action": "kms:*",
-            "Resource": "*",
-        }
-    ],
-}
+_DEFAULT_POLICY = {"Version": "2012-10-17", "Id": "key-default-1", "Statement": [DEFAULT_STATEMENT]}
 
 
 def accounts_per_key_policy(*, allow_grants: bool = False) -> int:

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from localaws.seed import DEFAULT_STATEMENT
 from orgkeypolicy import keypolicy
 from orgkeypolicy.capacity import accounts_that_fit
 from orgkeypolicy.properties import PrincipalMode, Spec, parse_properties
@@ -162,15 +163,7 @@ def test_digest_changes_exactly_with_the_grant() -> None:
 DEFAULT_KEY_POLICY = {
     "Version": "2012-10-17",
     "Id": "key-default-1",
-    "Statement": [
-        {
-            "Sid": "Enable IAM User Permissions",
-            "Effect": "Allow",
-            "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
-            "Action": "kms:*",
-            "Resource": "*",
-        }
-    ],
+    "Statement": [DEFAULT_STATEMENT],
 }
 
 

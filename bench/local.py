@@ -22,6 +22,7 @@ from typing import Any
 
 from localaws import LocalAws, aws_environment, patched_environment
 from localaws.proxy import FaultProxy
+from localaws.registry import REGISTRY_TABLE, create_registry_table
 from localaws.seed import LargeOrg, seed_large_org
 from localaws.server import fake_client
 
@@ -88,9 +89,11 @@ def local_aws(shape: OrgShape, latency: float) -> Iterator[Local]:
             moto_url, org, seed_seconds = parent_end.recv()
         except EOFError as error:
             raise RuntimeError("moto's process ended while seeding; see its traceback") from error
+        create_registry_table(moto_url)
         proxy = FaultProxy(moto_url, latency=latency).start()
         try:
-            with patched_environment(aws_environment(proxy.url)):
+            env = {**aws_environment(proxy.url), "REGISTRY_TABLE": REGISTRY_TABLE}
+            with patched_environment(env):
                 yield Local(moto_url, proxy, org, seed_seconds)
         finally:
             proxy.stop()

@@ -17,9 +17,10 @@ from bench.bounds import critical_path, list_calls_lower_bound, pages
 from bench.local import Local
 from localaws.proxy import Call
 from localaws.seed import LargeOrg
-from orgkeypolicy import resource
+from orgkeypolicy import lifecycle
 from orgkeypolicy.aws import OrganizationsDirectory
 from orgkeypolicy.organization import Account, Unit, walk
+from orgkeypolicy.settings import Deadline, Settings
 
 _ORG_REGION = "us-east-1"
 _WALK_LISTINGS = ("ListAccountsForParent", "ListOrganizationalUnitsForParent")
@@ -187,7 +188,7 @@ class LookupCase:
 
 @dataclass
 class LookupRun:
-    """``resource.apply`` with DryRun: the calls its one organization lookup made."""
+    """``lifecycle.apply`` with DryRun: the calls its one organization lookup made."""
 
     case: str
     named: list[str]
@@ -217,7 +218,7 @@ class LookupRun:
         return within and self.repeated_listings == 0
 
 
-def dry_run(local: Local, case: LookupCase, key_arn: str, settings: resource.Settings) -> LookupRun:
+def dry_run(local: Local, case: LookupCase, key_arn: str, settings: Settings) -> LookupRun:
     properties = {
         "KeyIds": [key_arn],
         "OrganizationalUnitIds": list(case.named),
@@ -225,7 +226,7 @@ def dry_run(local: Local, case: LookupCase, key_arn: str, settings: resource.Set
         "PrincipalMode": case.mode,
         "DryRun": "true",
     }
-    request = resource.Request(
+    request = lifecycle.Request(
         request_type="Create",
         stack_id=_STACK_ID,
         logical_id="BenchLookup",
@@ -234,7 +235,7 @@ def dry_run(local: Local, case: LookupCase, key_arn: str, settings: resource.Set
     )
     local.proxy.reset_log()
     started = time.perf_counter()
-    outcome = resource.apply(request, boto3.Session(), settings, resource.Deadline(600))
+    outcome = lifecycle.apply(request, boto3.Session(), settings, Deadline(600))
     apply_wall = time.perf_counter() - started
     calls = _org_calls(local)
     active = {
@@ -270,8 +271,8 @@ def dry_run(local: Local, case: LookupCase, key_arn: str, settings: resource.Set
     )
 
 
-def lookup_settings(workers: int) -> resource.Settings:
-    return replace(resource.Settings(), org_workers=workers)
+def lookup_settings(workers: int) -> Settings:
+    return replace(Settings(), org_workers=workers)
 
 
 # --- checks of the stand-in -------------------------------------------------------------------

@@ -16,7 +16,7 @@ from bench import artifact, bounds, keys, lookup, report
 from bench.local import OrgShape, local_aws
 from localaws import patched_environment
 from localaws.cfn import CloudFormation
-from orgkeypolicy import resource
+from orgkeypolicy.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -29,7 +29,7 @@ def _workers(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    default_workers = resource.Settings().org_workers
+    default_workers = Settings().org_workers
     parser = argparse.ArgumentParser(
         prog="bench/run.py",
         description="Organization lookup, key writes, cold start and layer size, on a local "
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> Results:
             "seed": args.seed,
             "workers": workers,
             "default_workers": args.default_workers,
-            "key_workers": resource.Settings().key_workers,
+            "key_workers": Settings().key_workers,
             "keys": args.keys,
             "repeats": args.repeats,
             "verify_delay": args.verify_delay,

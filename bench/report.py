@@ -157,7 +157,7 @@ def markdown(results: Results) -> str:
 
     # 1. Calls
     out += [
-        f"## 1. Organizations calls per lookup (resource.apply, DryRun, {s['default_workers']}"
+        f"## 1. Organizations calls per lookup (lifecycle.apply, DryRun, {s['default_workers']}"
         " workers)",
         "",
     ]

@@ -1,4 +1,4 @@
-"""Lambda entry point: crhelper and Powertools wired to ``orgkeypolicy.resource``. Nothing else."""
+"""Lambda entry point: crhelper and Powertools wired to ``orgkeypolicy.lifecycle``. Nothing else."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import CloudFormationCustomResourceEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from orgkeypolicy import resource
+from orgkeypolicy import lifecycle
 from orgkeypolicy.cfn import CustomResource
 from orgkeypolicy.errors import OrgKeyPolicyError
+from orgkeypolicy.settings import Deadline, Settings
 from orgkeypolicy.statements import sid_prefix
 
 # The template sets POWERTOOLS_*; the fallbacks keep local runs (tests, the demo) working.
@@ -23,21 +24,20 @@ SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "OrgKeyPolicy")
 logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OrgKeyPolicy"))
-copy_config_to_registered_loggers(source_logger=logger, include={"orgkeypolicy"})
-settings = resource.Settings.from_environment()
 helper = CustomResource(lambda event: sid_prefix(event["StackId"], event["LogicalResourceId"]))
+# crhelper logs too: its lines go through the same JSON logger, with the stack and resource.
+copy_config_to_registered_loggers(source_logger=logger, include={"orgkeypolicy", "crhelper"})
+settings = Settings.from_environment()
 
 # Kept back from the Lambda timeout to put keys back and answer CloudFormation.
 RESERVE_SECONDS = 45.0
 
-Step = Callable[
-    [resource.Request, boto3.Session, resource.Settings, resource.Deadline], resource.Outcome
-]
+Step = Callable[[lifecycle.Request, boto3.Session, Settings, Deadline], lifecycle.Outcome]
 
 
-def _request(event: Mapping[str, Any]) -> resource.Request:
+def _request(event: Mapping[str, Any]) -> lifecycle.Request:
     cfn = CloudFormationCustomResourceEvent(dict(event))
-    return resource.Request(
+    return lifecycle.Request(
         request_type=cfn.request_type,
         stack_id=cfn.stack_id,
         logical_id=cfn.logical_resource_id,
@@ -50,7 +50,7 @@ def _request(event: Mapping[str, Any]) -> resource.Request:
 
 def _run(step: Step, event: Mapping[str, Any], context: LambdaContext) -> str:
     left = context.get_remaining_time_in_millis() / 1000
-    deadline = resource.Deadline(max(left - RESERVE_SECONDS, left / 2))
+    deadline = Deadline(max(left - RESERVE_SECONDS, left / 2))
     try:
         outcome = step(_request(event), boto3.Session(), settings, deadline)
     except OrgKeyPolicyError:
@@ -73,12 +73,12 @@ def _run(step: Step, event: Mapping[str, Any], context: LambdaContext) -> str:
 @helper.create
 @helper.update
 def create_or_update(event: Mapping[str, Any], context: LambdaContext) -> str:
-    return _run(resource.apply, event, context)
+    return _run(lifecycle.apply, event, context)
 
 
 @helper.delete
 def delete(event: Mapping[str, Any], context: LambdaContext) -> str:
-    return _run(resource.delete, event, context)
+    return _run(lifecycle.delete, event, context)
 
 
 @logger.inject_lambda_context(log_event=False, clear_state=True)

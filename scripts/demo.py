@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "handler"), str(ROOT)]
 
 from localaws.cfn import CloudFormation, FakeLambdaContext  # noqa: E402
+from localaws.registry import REGISTRY_TABLE, create_registry_table  # noqa: E402
 from localaws.samples import load_event  # noqa: E402
 from localaws.seed import SeededOrg, seed_demo_org  # noqa: E402
 from localaws.server import LocalAws, patched_environment  # noqa: E402
@@ -66,6 +67,7 @@ def main() -> int:
             **aws.environment(),
             **cfn.environment(),
             "VERIFY_DELAY_SECONDS": "0.2",
+            "REGISTRY_TABLE": REGISTRY_TABLE,
             "POWERTOOLS_METRICS_DISABLED": "true",
         }
         with patched_environment(env):
@@ -74,6 +76,7 @@ def main() -> int:
             import app  # noqa: PLC0415
 
             seeded = seed_demo_org(aws.url)
+            create_registry_table(aws.url)
             names = account_names(seeded)
             print(f"Local AWS at {aws.url}; organization {seeded.org_id}, root {seeded.root_id}")
             print(

@@ -16,6 +16,7 @@ import pytest
 
 from localaws.cfn import CloudFormation, FakeLambdaContext
 from localaws.proxy import FaultProxy
+from localaws.registry import REGISTRY_TABLE, create_registry_table
 from localaws.seed import SeededOrg, seed_demo_org
 from localaws.server import LocalAws, aws_environment, stale_aws_variables
 
@@ -28,6 +29,8 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in stale_aws_variables():
         os.environ.pop(name, None)
     os.environ.update(aws_environment(UNREACHABLE_ENDPOINT))
+    # The handler module reads its settings when imported, before any fixture runs.
+    os.environ["REGISTRY_TABLE"] = REGISTRY_TABLE
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +42,10 @@ def local_aws() -> Iterator[LocalAws]:
 
 @pytest.fixture
 def aws(local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch) -> LocalAws:
-    """The local AWS, emptied, with ``os.environ`` pointing boto3 at it for this test."""
+    """The local AWS, emptied but for the provider's registry table, with ``os.environ``
+    pointing boto3 at it for this test."""
     local_aws.reset()
+    create_registry_table(local_aws.url)
     for name in stale_aws_variables():
         monkeypatch.delenv(name, raising=False)
     for name, value in aws_environment(local_aws.url).items():

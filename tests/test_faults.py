@@ -34,7 +34,8 @@ from localaws.cfn import CfnResponse, CloudFormation, FakeLambdaContext
 from localaws.proxy import FaultProxy, Predicate
 from localaws.seed import DEFAULT_STATEMENT, SeededOrg
 from localaws.server import DEFAULT_REGION, MOTO_ACCOUNT_ID, LocalAws
-from orgkeypolicy import keypolicy, resource
+from orgkeypolicy import keypolicy, lifecycle
+from orgkeypolicy.settings import Deadline, Settings
 from orgkeypolicy.statements import sid_prefix
 from tests.padding import padded
 from tests.policychecks import assert_policy_safe
@@ -217,6 +218,15 @@ def flaky(rate: float, seed: int, longest_run: int = 2) -> Predicate:
     return decide
 
 
+def refused_locks(proxy: FaultProxy, key_arn: str) -> int:
+    """Attempts to take the key's write lock that found it held by another writer."""
+    return sum(
+        1
+        for call in proxy.calls_for("dynamodb:PutItem")
+        if call.body["Item"]["id"]["S"] == f"lock/key/{key_arn}" and call.status != 200
+    )
+
+
 def forwarded(proxy: FaultProxy) -> Counter[str]:
     return Counter(call.name for call in proxy.calls if not call.injected)
 
@@ -241,8 +251,8 @@ def lifecycle_request(
     stack_id: str,
     logical_id: str,
     old_properties: Mapping[str, Any] | None = None,
-) -> resource.Request:
-    return resource.Request(
+) -> lifecycle.Request:
+    return lifecycle.Request(
         request_type=request_type,
         stack_id=stack_id,
         logical_id=logical_id,
@@ -253,11 +263,11 @@ def lifecycle_request(
     )
 
 
-def racing(settings: resource.Settings, request: resource.Request) -> Callable[[], object]:
+def racing(settings: Settings, request: lifecycle.Request) -> Callable[[], object]:
     """One Lambda invocation's work, on its own session, as a separate execution environment
     would run it (one handler object per process cannot serve two requests at once)."""
-    step = resource.delete if request.request_type == "Delete" else resource.apply
-    return lambda: step(request, boto3.Session(), settings, resource.Deadline(120))
+    step = lifecycle.delete if request.request_type == "Delete" else lifecycle.apply
+    return lambda: step(request, boto3.Session(), settings, Deadline(120))
 
 
 def other_stack_id(cfn: CloudFormation) -> str:
@@ -395,7 +405,8 @@ def test_a_key_that_cannot_be_put_back_is_named_and_cleaned_by_the_delete(
     assert policies(aws, keys) == before
     # Whoever reads the failure must learn which key still holds the grant.
     assert keys[2] in str(failed.reason)
-    assert keys[0] in str(failed.reason)
+    # Keys left changed come first, by key ID, so that the reason's length limit spares them.
+    assert str(failed.reason).startswith(f"NOT restored: {key_id(keys[0])};")
 
 
 # --- 3. Two writers on one key at the same moment ---------------------------------------------
@@ -454,7 +465,7 @@ def test_writers_racing_on_one_key_all_keep_their_grants(
     ] == demo_org.original_policies[key]["Statement"]
     # The race did happen, and the writers took turns: some found the key's write lock taken,
     # and no write had to be repeated because another had erased it.
-    assert fault_proxy.count("kms:CreateAlias") > len(writers)
+    assert refused_locks(fault_proxy, key) > 0
     assert fault_proxy.count("kms:PutKeyPolicy") == len(writers)
 
 
@@ -487,7 +498,7 @@ def test_a_delete_racing_a_create_on_one_key(
         for s in document["Statement"]
         if not str(s.get("Sid", "")).startswith((staying.sid_prefix, arriving.sid_prefix))
     ] == demo_org.original_policies[key]["Statement"]
-    assert fault_proxy.count("kms:CreateAlias") > 2
+    assert refused_locks(fault_proxy, key) > 0
     assert fault_proxy.count("kms:PutKeyPolicy") == 2
 
 
@@ -592,7 +603,7 @@ def test_the_same_create_delivered_twice_at_once_and_again_later(
     request = lifecycle_request("Create", props, stack_id=cfn.stack_id, logical_id="Shared")
     settings = replace(app.settings, verify_delay=0.3)
     first, second = concurrently(racing(settings, request), racing(settings, request))
-    assert isinstance(first, resource.Outcome) and isinstance(second, resource.Outcome)
+    assert isinstance(first, lifecycle.Outcome) and isinstance(second, lifecycle.Outcome)
     assert first.physical_id == second.physical_id == request.sid_prefix
     assert first.data == second.data
     once = policies(aws, keys)

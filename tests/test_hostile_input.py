@@ -20,6 +20,7 @@ import pytest
 
 import app
 from localaws.cfn import CfnResponse, CloudFormation, FakeLambdaContext
+from localaws.registry import create_registry_table
 from localaws.seed import SeededOrg, seed_demo_org
 from localaws.server import LocalAws, aws_environment, stale_aws_variables
 from orgkeypolicy.statements import sid_prefix
@@ -48,6 +49,7 @@ def org(local_aws: LocalAws, cfn_server: CloudFormation) -> Iterator[SeededOrg]:
         patch.setenv("SSL_CERT_FILE", cfn_server.ca_file)
         patch.setattr(boto3, "DEFAULT_SESSION", None)
         local_aws.reset()
+        create_registry_table(local_aws.url)
         yield seed_demo_org(local_aws.url)
 
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orgkeypolicy import keypolicy
-from orgkeypolicy.errors import PolicyTooLargeError
+from orgkeypolicy.errors import OrgKeyPolicyError, PolicyTooLargeError
 
 PREFIX = "OrgKeyPolicy0123456789abcdef"
 OTHER = "OrgKeyPolicyfedcba9876543210"
@@ -160,3 +160,43 @@ def test_unsafe_statements_are_named(change: dict[str, Any], problem: str) -> No
     reasons = keypolicy.unsafe_reasons([{**SAFE, **change}])
     assert reasons
     assert any(problem in reason for reason in reasons)
+
+
+def test_one_condition_key_in_two_spellings_is_unsafe() -> None:
+    statement = {
+        "Sid": "OrgKeyPolicy0123456789abcdefGrants",
+        "Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::111111111111:root"},
+        "Action": ["kms:CreateGrant"],
+        "Resource": "*",
+        "Condition": {
+            "StringEquals": {"aws:PrincipalOrgID": "o-abcdefghij"},
+            "Bool": {"kms:GrantIsForAWSResource": "true", "kms:grantisforawsresource": "false"},
+        },
+    }
+    [problem] = keypolicy.unsafe_reasons([statement])
+    assert "Bool names one key twice" in problem and "kms:grantisforawsresource" in problem
+    # The organization condition is found whatever its spelling.
+    statement["Condition"] = {"StringEquals": {"AWS:PrincipalOrgId": "o-abcdefghij"}}
+    assert keypolicy.unsafe_reasons([statement]) == []
+
+
+@pytest.mark.parametrize("version", ["2008-10-17", None])
+def test_a_policy_variable_is_never_written_where_it_would_be_literal_text(
+    version: str | None,
+) -> None:
+    statement = {
+        "Sid": "OrgKeyPolicy0123456789abcdefUse",
+        "Condition": {
+            "ArnLike": {"aws:PrincipalArn": "arn:aws:iam::${aws:PrincipalAccount}:role/a"}
+        },
+    }
+    policy: dict[str, Any] = {"Statement": []}
+    if version:
+        policy["Version"] = version
+    with pytest.raises(OrgKeyPolicyError, match="Version") as refused:
+        keypolicy.check_variables(policy, "arn:aws:kms:us-east-1:111111111111:key/k", [statement])
+    assert "key/k" in str(refused.value) and "2012-10-17" in str(refused.value)
+    # Under 2012-10-17 the variable is evaluated; without variables any version will do.
+    keypolicy.check_variables({**policy, "Version": "2012-10-17"}, "k", [statement])
+    keypolicy.check_variables(policy, "k", [{"Sid": "x", "Condition": {}}])

@@ -652,6 +652,28 @@ def test_reserved_condition_keys_are_refused_in_any_case(operator: str, key: str
 
 
 @pytest.mark.parametrize(
+    "key", ["kms:GrantIsForAWSResource", "kms:grantisforawsresource", "KMS:GrantIsForAwsResource"]
+)
+def test_the_grant_restriction_key_is_refused_in_any_case(key: str) -> None:
+    message = refused({"Conditions": {"Bool": {key: "false"}}}, "Conditions.Bool")
+    assert "AllowGrants" in message
+
+
+def test_one_condition_key_in_two_spellings_is_refused() -> None:
+    block = {"aws:RequestTag/Env": "prod", "aws:requesttag/env": "dev"}
+    message = refused({"Conditions": {"StringEquals": block}}, "Conditions.StringEquals")
+    assert "aws:requesttag/env" in message and "aws:RequestTag/Env" in message
+    # The same key under two operators is two conditions, as IAM reads them.
+    spec = parse(
+        Conditions={
+            "StringEquals": {"aws:RequestTag/Env": "prod"},
+            "StringLike": {"aws:requesttag/env": "p*"},
+        }
+    )
+    assert set(spec.conditions) == {"StringEquals", "StringLike"}
+
+
+@pytest.mark.parametrize(
     "key", ["aws:Pr\u0131nc\u0131palOrgID", "aw\u017f:PrincipalArn", "\u212ams:ViaService"]
 )
 def test_condition_keys_with_look_alike_letters_are_refused(key: str) -> None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from localaws.seed import DEFAULT_STATEMENT
 from orgkeypolicy import keypolicy
 from orgkeypolicy.capacity import accounts_that_fit
+from orgkeypolicy.errors import InvalidPropertyError
 from orgkeypolicy.properties import PrincipalMode, Spec, parse_properties
 from orgkeypolicy.statements import Grantees, build_statements, digest, sid_prefix
 from tests.policychecks import assert_policy_safe
@@ -128,14 +129,42 @@ def test_role_names_and_conditions_apply_to_every_statement() -> None:
     }
 
 
-def test_a_user_condition_cannot_weaken_the_grant_restriction() -> None:
+@pytest.mark.parametrize(
+    "spelling",
+    ["kms:GrantIsForAWSResource", "kms:grantisforawsresource", "KMS:GRANTISFORAWSRESOURCE"],
+)
+def test_no_condition_can_weaken_the_grant_restriction_in_any_spelling(spelling: str) -> None:
+    # The parser refuses the key in Conditions; the builder keeps its own value even so.
+    with pytest.raises(InvalidPropertyError, match="AllowGrants"):
+        spec(AllowGrants="true", Conditions={"Bool": {spelling: "false"}})
+    unchecked = replace(spec(AllowGrants="true"), conditions={"Bool": {spelling: ("false",)}})
+    grants = build_statements(unchecked, PREFIX, GRANTEES, PrincipalMode.ACCOUNTS)[1]
+    # IAM reads key names case-insensitively: one key, with this resource's value.
+    assert grants["Condition"]["Bool"] == {"kms:GrantIsForAWSResource": "true"}
+    assert keypolicy.unsafe_reasons([grants]) == []
+
+
+@given(
+    st.lists(
+        st.sampled_from(["aws:SourceVpc", "AWS:SOURCEVPC", "aws:sourcevpc", "kms:ViaService"]),
+        min_size=1,
+        max_size=4,
+    )
+)
+@settings(max_examples=30)
+def test_the_builder_never_writes_one_key_in_two_spellings(spellings: list[str]) -> None:
+    conditions = {"StringEquals": dict.fromkeys(spellings, ("x",))}
     built = build_statements(
-        spec(AllowGrants="true", Conditions={"Bool": {"kms:GrantIsForAWSResource": "false"}}),
+        replace(spec(AllowGrants="true"), conditions=conditions),
         PREFIX,
         GRANTEES,
         PrincipalMode.ACCOUNTS,
     )
-    assert built[1]["Condition"]["Bool"]["kms:GrantIsForAWSResource"] == "true"
+    for statement in built:
+        for block in statement["Condition"].values():
+            names = [name.lower() for name in block]
+            assert len(names) == len(set(names)), block
+    assert keypolicy.unsafe_reasons(built) == []
 
 
 def test_no_accounts_means_no_statements() -> None:

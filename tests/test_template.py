@@ -25,6 +25,8 @@ from cfnlint.decode import decode  # type: ignore[import-untyped]
 from samtranslator.parser.parser import Parser  # type: ignore[import-untyped]
 from samtranslator.translator.translator import Translator  # type: ignore[import-untyped]
 
+from localaws.registry import ATTRIBUTES, KEY_SCHEMA
+
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "template.yaml"
 READER_TEMPLATE = REPO / "templates" / "organizations-reader-role.yaml"
@@ -329,7 +331,7 @@ def test_function_role_grants_only_the_expected_services(
 ) -> None:
     permissions = [s for s in _statements(deployed_template) if not s.trust]
     services = {a.split(":")[0] for s in permissions for a in s.actions}
-    assert services == {"logs", "xray", "organizations", "sts", "kms"}
+    assert services == {"logs", "xray", "organizations", "sts", "kms", "dynamodb"}
     for statement in permissions:
         assert statement.resource == FUNCTION_ROLE or statement.body.get("Sid") == (
             "WriteOwnLogGroup"
@@ -381,16 +383,7 @@ def test_kms_limited_to_key_policy_actions_on_the_accounts_keys(
     everything = [
         s for s in _statements(deployed_template) if any(a.startswith("kms:") for a in s.actions)
     ]
-    listing = [s for s in everything if sorted(s.actions) == ["kms:ListAliases", "kms:ListKeys"]]
-    locking = [s for s in everything if sorted(s.actions) == ["kms:CreateAlias", "kms:DeleteAlias"]]
-    kms = [s for s in everything if s not in listing and s not in locking]
-    # Listing is the one KMS grant on "*": it reads no policy and changes nothing.
-    assert len(listing) == 2
-    assert all(s.resources == ["*"] and "Condition" not in s.body for s in listing)
-    # Aliases can be made only under the lock prefix (CreateAlias also names the key).
-    assert len(locking) == 2
-    lock_aliases = "arn:${AWS::Partition}:kms:*:${AWS::AccountId}:alias/orgkeypolicy-lock/*"
-    assert all(sorted(s.resources) == sorted([lock_aliases, ACCOUNT_KEYS]) for s in locking)
+    kms = everything
     by_choice = {s.choices: s for s in kms}
     assert len(by_choice) == len(kms) == 2, kms
     for statement in kms:
@@ -493,7 +486,34 @@ def test_function_settings(main_template: dict[str, Any]) -> None:
         "POWERTOOLS_LOG_LEVEL": "INFO",
         "ORGANIZATIONS_ROLE_ARN": {"Ref": "OrganizationsRoleArn"},
         "VERIFY_DELAY_SECONDS": "1",
+        "REGISTRY_TABLE": {"Ref": "RegistryTable"},
     }
+    # A Lambda retry would run after CloudFormation had its answer and rolled back.
+    assert props["EventInvokeConfig"] == {
+        "MaximumRetryAttempts": 0,
+        "MaximumEventAgeInSeconds": 3600,
+    }
+
+
+def test_registry_table(main_template: dict[str, Any], all_statements: list[Statement]) -> None:
+    table = main_template["Resources"]["RegistryTable"]
+    assert table["Type"] == "AWS::DynamoDB::Table"
+    # The records outlive the provider stack: they are what cleans the keys up later.
+    assert table["DeletionPolicy"] == table["UpdateReplacePolicy"] == "Retain"
+    props = table["Properties"]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert props["SSESpecification"] == {"SSEEnabled": True}
+    # Lapsed locks are cleared by TTL on the attribute the lock code writes.
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expires", "Enabled": True}
+    # The table the tests and the demo create is this one.
+    assert props["KeySchema"] == KEY_SCHEMA
+    assert props["AttributeDefinitions"] == ATTRIBUTES
+    dynamodb = [s for s in all_statements if any(a.startswith("dynamodb:") for a in s.actions)]
+    assert dynamodb
+    for statement in dynamodb:
+        assert statement.resources == ["${RegistryTable.Arn}"], statement
+        assert "dynamodb:Scan" not in statement.actions or statement.resource != FUNCTION_ROLE
 
 
 def test_layer_settings(main_template: dict[str, Any]) -> None:

@@ -1,33 +1,42 @@
 """Thin adapters over boto3: Organizations, KMS and STS. No policy logic lives here.
 
-Every client is made once per request with bounded timeouts and botocore's retry modes:
+Every client is made once per run with bounded timeouts and botocore's retry modes:
 ``adaptive`` for Organizations (it throttles early and adaptive mode rate-limits the client
 instead of hammering it) and ``standard`` for KMS and STS. ``AWS_ENDPOINT_URL`` (boto3's own
 setting) points every client at a local emulator.
+
+Failures become ``OrgKeyPolicyError``s whose message names the service, the key or OU, and the
+fix, including those that are not ``ClientError``s: a region that cannot be reached (a typo
+such as ``us-esat-1``, an opt-in region that is not enabled) or a connection that broke.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from orgkeypolicy.errors import InvalidPropertyError, KeyAccessError, OrganizationsError
+from orgkeypolicy.errors import (
+    InvalidPropertyError,
+    KeyAccessError,
+    KeyUnreachableError,
+    OrganizationsError,
+    OrgKeyPolicyError,
+)
 from orgkeypolicy.identifiers import KeyRef, KeyRefKind
 from orgkeypolicy.organization import Account, Unit, unit_path
 from orgkeypolicy.properties import ACCOUNT_IDS, KEY_IDS, ORGANIZATIONS_ROLE_ARN, OU_IDS
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Organizations is a global service served from one region per partition.
 _ORGANIZATIONS_REGION = {
@@ -37,6 +46,9 @@ _ORGANIZATIONS_REGION = {
 }
 _UNIT_NOT_FOUND = {"ParentNotFoundException", "OrganizationalUnitNotFoundException"}
 _KEY_NOT_FOUND = "NotFoundException"
+# What an opt-in region that is not enabled for the account answers: the credentials are
+# unknown there.
+_REGION_NOT_ENABLED = {"UnrecognizedClientException", "InvalidClientTokenId"}
 
 
 def client_config(mode: Literal["standard", "adaptive"], *, attempts: int, pool: int) -> Config:
@@ -49,6 +61,14 @@ def client_config(mode: Literal["standard", "adaptive"], *, attempts: int, pool:
     )
 
 
+def error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def _why(error: BaseException) -> str:
+    return error_code(error) if isinstance(error, ClientError) else type(error).__name__
+
+
 @dataclass(frozen=True)
 class Identity:
     account: str
@@ -58,7 +78,13 @@ class Identity:
 
 def identity(session: boto3.Session) -> Identity:
     sts = session.client("sts", config=client_config("standard", attempts=5, pool=2))
-    caller = sts.get_caller_identity()
+    try:
+        caller = sts.get_caller_identity()
+    except (ClientError, BotoCoreError) as error:
+        raise OrgKeyPolicyError(
+            f"STS GetCallerIdentity failed ({_why(error)}); check the function's credentials "
+            "and network access to STS"
+        ) from error
     return Identity(
         account=caller["Account"],
         partition=caller["Arn"].split(":")[1],
@@ -77,11 +103,11 @@ def organizations_session(
         credentials = sts.assume_role(
             RoleArn=role_arn, RoleSessionName=session_name[:64], DurationSeconds=900
         )["Credentials"]
-    except ClientError as error:
+    except (ClientError, BotoCoreError) as error:
         raise InvalidPropertyError(
             ORGANIZATIONS_ROLE_ARN,
             role_arn,
-            f"could not be assumed ({_code(error)})",
+            f"could not be assumed ({_why(error)})",
             "trust the function's role in that role",
         ) from error
     return boto3.Session(
@@ -90,10 +116,6 @@ def organizations_session(
         aws_session_token=credentials["SessionToken"],
         region_name=session.region_name,
     )
-
-
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", "Unknown"))
 
 
 class OrganizationsDirectory:
@@ -153,8 +175,13 @@ class OrganizationsDirectory:
 def _organizations_errors(operation: str, prop: str, value: str) -> Iterator[None]:
     try:
         yield
+    except BotoCoreError as error:
+        raise OrganizationsError(
+            f"Organizations {operation} {value} could not be reached ({_why(error)}); "
+            "check the network path to Organizations (us-east-1) and retry"
+        ) from error
     except ClientError as error:
-        code = _code(error)
+        code = error_code(error)
         if code in _UNIT_NOT_FOUND:
             raise InvalidPropertyError(
                 prop, value, "is not an OU or root of this organization", "check the ID"
@@ -186,21 +213,51 @@ class KeyInfo:
     state: str
     manager: str
 
+    @property
+    def pending_deletion(self) -> bool:
+        return self.state in ("PendingDeletion", "PendingReplicaDeletion")
 
-# A key's write lock: an alias, which KMS creates atomically or refuses as existing.
-LOCK_ALIAS_PREFIX = "alias/orgkeypolicy-lock/"
-# A lock older than Lambda's longest run was left by a writer that died holding it.
-LOCK_STALE_SECONDS = 900
+    @classmethod
+    def at(cls, arn: str) -> KeyInfo:
+        """A key known only by its ARN (a record, ListKeys): enough to read and write it."""
+        parts = arn.split(":")
+        ref = KeyRef(arn, KeyRefKind.KEY_ARN, parts[3], parts[4], parts[1])
+        return cls(ref, arn, parts[4], parts[3], state="Unknown", manager="CUSTOMER")
+
+
+class _Pacer:
+    """Spaces calls to at most ``rate`` per second per region, with a burst of ``rate``.
+
+    A token bucket: a deploy's few writes go out at once, while a re-sync of hundreds of keys
+    stays under KMS's PutKeyPolicy quota instead of living on throttling and retries.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._burst = rate * self._interval
+        self._lock = threading.Lock()
+        self._next: dict[str, float] = {}
+
+    def wait(self, region: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            # The bucket is full when the schedule lags the clock by a whole burst.
+            slot = max(self._next.get(region, now), now - self._burst + self._interval)
+            self._next[region] = slot + self._interval
+        delay = slot - now
+        if delay > 0:
+            time.sleep(delay)
 
 
 class KeyStore:
-    """DescribeKey, GetKeyPolicy and PutKeyPolicy, in whichever region each key lives."""
+    """DescribeKey, GetKeyPolicy, PutKeyPolicy and ListKeys, in whichever region a key lives."""
 
-    def __init__(self, session: boto3.Session, *, pool: int) -> None:
+    def __init__(self, session: boto3.Session, *, pool: int, write_rate: float = 10.0) -> None:
         self._session = session
         self.pool = pool
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._pacer = _Pacer(write_rate)
 
     def _client(self, region: str | None) -> Any:
         region = region or self._session.region_name or "us-east-1"
@@ -217,70 +274,33 @@ class KeyStore:
                 )
             return self._clients[region]
 
-    @contextmanager
-    def locked(self, key: KeyInfo, wait: float) -> Iterator[None]:
-        """Hold the key's write lock, waiting at most ``wait`` seconds for it.
-
-        KMS offers no conditional write: two resources merging into one key at the same moment
-        would each write a policy without the other's statements. Every writer of this project
-        takes the lock around its read-merge-write, so they take turns instead.
-        """
-        client = self._client(key.region)
-        name = LOCK_ALIAS_PREFIX + key.arn.rsplit("/", 1)[-1]
-        give_up = time.monotonic() + wait
-        while True:
-            try:
-                client.create_alias(AliasName=name, TargetKeyId=key.arn)
-                break
-            except ClientError as error:
-                if _code(error) != "AlreadyExistsException":
-                    raise KeyAccessError(
-                        f"{key.arn}: taking its write lock failed ({_code(error)}); "
-                        "check the function role's kms:CreateAlias permission"
-                    ) from error
-            self._break_if_stale(client, name, key)
-            if time.monotonic() > give_up:
-                raise KeyAccessError(
-                    f"{key.arn}: another writer holds {name}; retry, or delete that alias "
-                    "if no deploy is running"
-                )
-            time.sleep(random.uniform(0.05, 0.3))  # noqa: S311 - jitter, not secrecy
+    def _call(self, what: str, region: str, call: Callable[[Any], T], permission: str) -> T:
         try:
-            yield
-        finally:
-            try:
-                client.delete_alias(AliasName=name)
-            except ClientError as error:
-                logger.warning(
-                    "Could not release the write lock", extra={"alias": name, "error": _code(error)}
-                )
-
-    @staticmethod
-    def _break_if_stale(client: Any, name: str, key: KeyInfo) -> None:
-        try:
-            aliases = client.list_aliases(KeyId=key.arn.rsplit("/", 1)[-1])["Aliases"]
-            created = next(a.get("CreationDate") for a in aliases if a["AliasName"] == name)
-        except (ClientError, StopIteration):
-            return
-        if (
-            isinstance(created, datetime)
-            and (datetime.now(UTC) - created).total_seconds() > LOCK_STALE_SECONDS
-        ):
-            logger.warning("Breaking a stale write lock", extra={"alias": name})
-            with suppress(ClientError):
-                client.delete_alias(AliasName=name)
+            return call(self._client(region))
+        except BotoCoreError as error:
+            raise _unreachable(what, region, error) from error
+        except ClientError as error:
+            if error_code(error) in _REGION_NOT_ENABLED:
+                raise _unreachable(what, region, error) from error
+            message = str(error.response.get("Error", {}).get("Message", ""))[:100]
+            raise KeyAccessError(
+                f"{what}: {permission} failed ({error_code(error)}) {message}; "
+                f"check the function role's {permission} permission and the key policy"
+            ) from error
 
     def describe(self, ref: KeyRef) -> KeyInfo | None:
         """The key a reference names now, or ``None`` when the key or alias does not exist."""
         try:
-            meta = self._client(ref.region).describe_key(KeyId=ref.text)["KeyMetadata"]
-        except ClientError as error:
-            if _code(error) == _KEY_NOT_FOUND:
+            meta = self._call(
+                f"{KEY_IDS}: {ref.text}",
+                ref.region or self._region(),
+                lambda kms: kms.describe_key(KeyId=ref.text)["KeyMetadata"],
+                "kms:DescribeKey",
+            )
+        except KeyAccessError as error:
+            if _cause_code(error) == _KEY_NOT_FOUND:
                 return None
-            raise KeyAccessError(
-                f"{KEY_IDS}: {ref.text} could not be described ({_code(error)}); "
-                "check the function role's kms:DescribeKey permission"
-            ) from error
+            raise
         return KeyInfo(
             ref=ref,
             arn=meta["Arn"],
@@ -290,56 +310,58 @@ class KeyStore:
             manager=meta.get("KeyManager", "CUSTOMER"),
         )
 
+    def _region(self) -> str:
+        return self._session.region_name or "us-east-1"
+
     def key_arns(self, region: str) -> list[str]:
         """Every key of the account in ``region`` (ListKeys, paginated)."""
-        paginator = self._client(region).get_paginator("list_keys")
-        try:
-            return [key["KeyArn"] for page in paginator.paginate() for key in page.get("Keys", [])]
-        except ClientError as error:
-            raise KeyAccessError(
-                f"Listing the keys of {region} failed ({_code(error)}); "
-                "check the function role's kms:ListKeys permission"
-            ) from error
-
-    @staticmethod
-    def key_at(arn: str) -> KeyInfo:
-        """A key known only by its ARN (from ListKeys), enough to read and write its policy."""
-        parts = arn.split(":")
-        ref = KeyRef(arn, KeyRefKind.KEY_ARN, parts[3], parts[4], parts[1])
-        return KeyInfo(ref, arn, parts[4], parts[3], state="Unknown", manager="CUSTOMER")
+        return self._call(
+            f"Listing the keys of {region}",
+            region,
+            lambda kms: [
+                key["KeyArn"]
+                for page in kms.get_paginator("list_keys").paginate()
+                for key in page.get("Keys", [])
+            ],
+            "kms:ListKeys",
+        )
 
     def read(self, key: KeyInfo) -> str:
-        try:
-            return str(
-                self._client(key.region).get_key_policy(KeyId=key.arn, PolicyName="default")[
-                    "Policy"
-                ]
-            )
-        except ClientError as error:
-            raise KeyAccessError(
-                f"{key.arn}: reading its policy failed ({_code(error)})"
-            ) from error
+        return self._call(
+            key.arn,
+            key.region,
+            lambda kms: str(kms.get_key_policy(KeyId=key.arn, PolicyName="default")["Policy"]),
+            "kms:GetKeyPolicy",
+        )
 
     def write(self, key: KeyInfo, policy: str) -> None:
-        try:
-            # The lockout safety check stays on: KMS refuses a policy that would lock us out.
-            self._client(key.region).put_key_policy(
+        self._pacer.wait(key.region)
+        # The lockout safety check stays on: KMS refuses a policy that would lock us out.
+        self._call(
+            key.arn,
+            key.region,
+            lambda kms: kms.put_key_policy(
                 KeyId=key.arn,
                 PolicyName="default",
                 Policy=policy,
                 BypassPolicyLockoutSafetyCheck=False,
-            )
-        except ClientError as error:
-            message = str(error.response.get("Error", {}).get("Message", ""))[:100]
-            raise KeyAccessError(
-                f"{key.arn}: writing its policy failed ({_code(error)}) {message}".rstrip()
-            ) from error
+            ),
+            "kms:PutKeyPolicy",
+        )
+
+
+def _unreachable(what: str, region: str, error: BaseException) -> KeyUnreachableError:
+    return KeyUnreachableError(
+        f"{what}: KMS in {region} could not be reached ({_why(error)}); check the region "
+        "name and that the region is enabled for this account"
+    )
+
+
+def _cause_code(error: BaseException) -> str | None:
+    cause = error.__cause__
+    return error_code(cause) if isinstance(cause, ClientError) else None
 
 
 def is_missing(error: BaseException) -> bool:
     """Whether a KMS error says the key is gone or going (not an error on Delete)."""
-    cause = error.__cause__
-    return isinstance(cause, ClientError) and _code(cause) in (
-        _KEY_NOT_FOUND,
-        "KMSInvalidStateException",
-    )
+    return _cause_code(error) in (_KEY_NOT_FOUND, "KMSInvalidStateException")

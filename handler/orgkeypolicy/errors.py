@@ -57,3 +57,16 @@ class OrganizationsError(OrgKeyPolicyError):
 
 class DeadlineExceededError(OrgKeyPolicyError):
     """The work could not finish before the time kept back for answering CloudFormation."""
+
+
+class KeyUnreachableError(KeyAccessError):
+    """KMS in the key's region could not be reached: a mistyped or disabled region, or no
+    network path. A key that could not be reached was never written by this resource."""
+
+
+class LockBusyError(OrgKeyPolicyError):
+    """Another writer held a lock for longer than this run could wait."""
+
+
+class RegistryError(OrgKeyPolicyError):
+    """The registry table could not be read or written."""

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from orgkeypolicy.errors import PolicyTooLargeError
+from orgkeypolicy.errors import OrgKeyPolicyError, PolicyTooLargeError
 from orgkeypolicy.properties import GRANT_ACTIONS, USE_ACTIONS
 
 Policy = dict[str, Any]
@@ -20,6 +20,10 @@ Statement = dict[str, Any]
 
 # KMS's key-policy limit; it cannot be raised and moto does not enforce it, so it is ours.
 MAX_POLICY_BYTES = 32_768
+# The only policy language version in which IAM evaluates policy variables such as
+# ${aws:PrincipalAccount}; under 2008-10-17 (also what a policy without Version means) they
+# are literal text.
+VARIABLES_VERSION = "2012-10-17"
 
 
 def parse(text: str) -> Policy:
@@ -89,6 +93,23 @@ def check_size(policy: Policy, key_arn: str, account_count: int) -> None:
         )
 
 
+def check_variables(policy: Policy, key_arn: str, statements: Iterable[Statement]) -> None:
+    """Refuse to write a policy variable that IAM would read as literal text.
+
+    The grant would then match nothing while the deploy reports success. Raising the key
+    policy's Version is not ours to do: it changes what its other statements mean.
+    """
+    if policy.get("Version") == VARIABLES_VERSION:
+        return
+    if any("${" in serialize(statement) for statement in statements):
+        version = policy.get("Version") or "none (2008-10-17)"
+        raise OrgKeyPolicyError(
+            f"KeyIds: policy of {key_arn} has Version {version}, where the RoleNames condition "
+            f"would not be evaluated; set the key policy's Version to {VARIABLES_VERSION}, "
+            "or drop RoleNames"
+        )
+
+
 def unsafe_reasons(statements: Iterable[Statement]) -> list[str]:
     """Why a managed statement would be unsafe to write; empty when all are safe.
 
@@ -102,7 +123,7 @@ def unsafe_reasons(statements: Iterable[Statement]) -> list[str]:
         sid = statement.get("Sid")
         principal = statement.get("Principal")
         conditions = statement.get("Condition", {})
-        org_id = conditions.get("StringEquals", {}).get("aws:PrincipalOrgID")
+        org_id = _key(conditions.get("StringEquals", {}), "aws:PrincipalOrgID")
         actions = statement.get("Action", [])
         actions = [actions] if isinstance(actions, str) else actions
         if statement.get("Effect") != "Allow":
@@ -119,4 +140,18 @@ def unsafe_reasons(statements: Iterable[Statement]) -> list[str]:
             or "NotPrincipal" in statement
         ):
             problems.append(f"{sid}: must use Action, Principal and Resource '*'")
+        for operator, keys in conditions.items():
+            folded = [key.lower() for key in keys]
+            twins = sorted({key for key in keys if folded.count(key.lower()) > 1})
+            if twins:
+                # IAM reads condition keys case-insensitively: two spellings of one key in a
+                # block are one key with two contradicting values.
+                problems.append(f"{sid}: {operator} names one key twice: {', '.join(twins)}")
     return problems
+
+
+def _key(block: object, name: str) -> object:
+    """``block[name]``, matching the condition key's name case-insensitively as IAM does."""
+    if not isinstance(block, dict):
+        return None
+    return next((value for key, value in block.items() if key.lower() == name.lower()), None)

@@ -7,10 +7,12 @@ selection and traversal rules are testable over plain data with no AWS in sight.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 ACTIVE = "ACTIVE"
 # Organizations retired the account ``Status`` field in favour of ``State``; these are the
@@ -53,6 +55,60 @@ class Directory(Protocol):
     def child_units(self, parent_id: str) -> list[Unit]: ...
 
     def accounts(self, parent_id: str) -> list[Account]: ...
+
+
+class Reader(Directory, Protocol):
+    """Everything one resource's lookup reads from Organizations."""
+
+    def organization_id(self) -> str: ...
+
+    def account(self, account_id: str) -> Account: ...
+
+    def unit_path(self, organization_id: str, unit_id: str) -> str: ...
+
+
+class SharedReader:
+    """A ``Reader`` whose every answer is kept for one run, so that resources naming the same
+    or overlapping OUs list each unit once; a question asked while the same one is in flight
+    waits for its answer instead of asking again. Failures are kept too: an OU that is not
+    found stays not found for the run."""
+
+    def __init__(self, reader: Reader) -> None:
+        self._reader = reader
+        self._lock = threading.Lock()
+        self._answers: dict[Hashable, Future[Any]] = {}
+
+    def _once(self, question: Hashable, ask: Callable[[], T]) -> T:
+        with self._lock:
+            answer = self._answers.get(question)
+            asking = answer is None
+            if answer is None:
+                answer = self._answers[question] = Future()
+        if asking:
+            try:
+                answer.set_result(ask())
+            except BaseException as error:
+                answer.set_exception(error)
+        result: T = answer.result()
+        return result
+
+    def organization_id(self) -> str:
+        return self._once(("organization",), self._reader.organization_id)
+
+    def child_units(self, parent_id: str) -> list[Unit]:
+        return self._once(("units", parent_id), lambda: self._reader.child_units(parent_id))
+
+    def accounts(self, parent_id: str) -> list[Account]:
+        return self._once(("accounts", parent_id), lambda: self._reader.accounts(parent_id))
+
+    def account(self, account_id: str) -> Account:
+        return self._once(("account", account_id), lambda: self._reader.account(account_id))
+
+    def unit_path(self, organization_id: str, unit_id: str) -> str:
+        return self._once(
+            ("path", organization_id, unit_id),
+            lambda: self._reader.unit_path(organization_id, unit_id),
+        )
 
 
 @dataclass

@@ -65,9 +65,12 @@ USE_ACTIONS = frozenset(
 _CANONICAL_ACTIONS = {action.lower(): action for action in USE_ACTIONS}
 
 # Condition keys that carry the grant itself; letting Conditions replace them would widen it.
+# Lower case: IAM matches condition key names case-insensitively, and so does the check.
 RESERVED_CONDITION_KEYS = frozenset(
     {"aws:principalorgid", "aws:principalorgpaths", "aws:principalaccount", "aws:principalarn"}
 )
+# Set by AllowGrants on the grants statement; on the use statement it would match nothing.
+GRANT_CONDITION_KEY = "kms:grantisforawsresource"
 _OPERATORS = (
     "StringEquals|StringNotEquals|StringEqualsIgnoreCase|StringNotEqualsIgnoreCase|StringLike|"
     "StringNotLike|NumericEquals|NumericNotEquals|NumericLessThan|NumericLessThanEquals|"
@@ -336,6 +339,14 @@ def _conditions(value: object) -> ConditionBlock:
         for key, values in entries.items():
             count += 1
             checked = _condition_key(operator, key)
+            twin = next((k for k in block.get(operator, {}) if k.lower() == checked.lower()), None)
+            if twin is not None:
+                raise InvalidPropertyError(
+                    f"{CONDITIONS}.{operator}",
+                    checked,
+                    f"is the same key as {twin} (IAM ignores case in key names)",
+                    "keep one of them",
+                )
             block.setdefault(operator, {})[checked] = _condition_values(
                 f"{CONDITIONS}.{operator}.{checked}", values
             )
@@ -354,6 +365,10 @@ def _condition_key(operator: str, key: object) -> str:
     if key.lower() in RESERVED_CONDITION_KEYS:
         raise InvalidPropertyError(
             prop, key, "is set by this resource", "use RoleNames, AccountIds or ExcludeAccountIds"
+        )
+    if key.lower() == GRANT_CONDITION_KEY:
+        raise InvalidPropertyError(
+            prop, key, "is set by this resource", "use AllowGrants: true for grants"
         )
     return key
 

@@ -120,10 +120,17 @@ def _statement(
 def _merge_conditions(
     target: dict[str, dict[str, Any]], extra: Mapping[str, Mapping[str, Any]] | ConditionBlock
 ) -> None:
-    """Add ``extra`` into ``target``; on a clash the later (this resource's own) value wins."""
+    """Add ``extra`` into ``target``; on a clash the later (this resource's own) value wins.
+
+    Condition key names are case-insensitive in IAM: ``kms:grantisforawsresource`` is the
+    same key as ``kms:GrantIsForAWSResource``, so a clash is found whatever the spelling, and
+    the later spelling replaces the earlier one rather than standing beside it.
+    """
     for operator, keys in extra.items():
         block = target.setdefault(operator, {})
         for key, value in keys.items():
+            for existing in [name for name in block if name.lower() == key.lower()]:
+                del block[existing]
             block[key] = _one_or_many(value) if isinstance(value, tuple) else value
 
 

@@ -1,0 +1,323 @@
+"""One resource's plan: its keys resolved, the organization looked up, every key's wanted
+statements merged and checked. Nothing is written here.
+
+The custom resource (Create/Update), the re-sync and the command line's ``plan`` all go
+through :func:`plan_resource` and :func:`check`; only ``orgkeypolicy.writing`` changes a key
+policy. Every check runs before the first write.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from orgkeypolicy import keypolicy
+from orgkeypolicy.aws import Identity, KeyInfo, KeyStore, is_missing
+from orgkeypolicy.concurrency import fan_out
+from orgkeypolicy.errors import (
+    InvalidPropertyError,
+    KeyAccessError,
+    KeyUnreachableError,
+    OrgKeyPolicyError,
+)
+from orgkeypolicy.identifiers import KeyRef
+from orgkeypolicy.organization import Account, Reader, Selection, Subtree, select_accounts, walk
+from orgkeypolicy.properties import KEY_IDS, PrincipalMode, Spec, key_refs_leniently
+from orgkeypolicy.statements import Grantees, Statement, build_statements, digest
+
+logger = logging.getLogger(__name__)
+
+
+# --- The organization -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Who one resource grants, as the organization is now."""
+
+    grantees: Grantees
+    selection: Selection
+    _paths: Callable[[], tuple[str, ...]] = field(repr=False)
+
+    def paths(self) -> tuple[str, ...]:
+        """The ``aws:PrincipalOrgPaths`` of the named units (OrgPaths mode only: they cost
+        Organizations calls)."""
+        return self._paths()
+
+
+def look_up(spec: Spec, reader: Reader, partition: str, workers: int) -> Lookup:
+    """One organization lookup per resource, shared by every key."""
+    organization_id = reader.organization_id()
+    subtree = (
+        walk(reader, spec.ou_ids, include_nested=spec.include_nested_ous, max_workers=workers)
+        if spec.ou_ids
+        else Subtree()
+    )
+    explicit: list[Account] = fan_out(reader.account, spec.account_ids, workers)
+    selection = select_accounts(subtree.accounts.values(), explicit, spec.exclude_account_ids)
+    grantees = Grantees(
+        organization_id=organization_id,
+        partition=partition,
+        accounts=selection.granted,
+        outside_units=tuple(a for a in selection.granted if a not in subtree.accounts),
+        excluded=tuple(sorted(spec.exclude_account_ids)),
+        include_nested=spec.include_nested_ous,
+    )
+    found: list[tuple[str, ...]] = []
+
+    def paths() -> tuple[str, ...]:
+        if not found:
+            found.append(
+                tuple(
+                    fan_out(
+                        lambda unit: reader.unit_path(organization_id, unit), spec.ou_ids, workers
+                    )
+                )
+            )
+        return found[0]
+
+    return Lookup(grantees, selection, paths)
+
+
+# --- Keys -------------------------------------------------------------------------------------
+
+
+def check_refs(refs: Iterable[KeyRef], me: Identity) -> None:
+    """Refuse keys of other accounts and partitions before any call names them."""
+    for ref in refs:
+        if ref.account is not None and ref.account != me.account:
+            raise InvalidPropertyError(
+                KEY_IDS,
+                ref.text,
+                f"is in account {ref.account}, not {me.account}",
+                "only keys of the function's own account can be changed",
+            )
+        if ref.partition is not None and ref.partition != me.partition:
+            raise InvalidPropertyError(KEY_IDS, ref.text, f"is not in partition {me.partition}")
+
+
+def resolve_targets(
+    store: KeyStore, refs: Sequence[KeyRef], me: Identity, workers: int
+) -> list[KeyInfo]:
+    """The key each reference names, one entry per key, or a refusal naming the reference."""
+    keys: dict[str, KeyInfo] = {}
+    for ref, key in zip(refs, fan_out(store.describe, refs, workers), strict=True):
+        if key is None:
+            raise InvalidPropertyError(
+                KEY_IDS, ref.text, "does not exist", "check the ID, alias and region"
+            )
+        if key.manager != "CUSTOMER":
+            raise InvalidPropertyError(
+                KEY_IDS, ref.text, "is an AWS managed key", "its policy cannot change"
+            )
+        if key.account != me.account:
+            raise InvalidPropertyError(
+                KEY_IDS, ref.text, f"is in account {key.account}", "use a key of this account"
+            )
+        if key.state == "Disabled":
+            logger.warning(
+                "Key is disabled; its policy is updated all the same", extra={"key": key.arn}
+            )
+        keys.setdefault(key.arn, key)
+    return list(keys.values())
+
+
+def resolve_previous(
+    store: KeyStore, properties: Mapping[str, Any] | None, me: Identity, workers: int
+) -> list[KeyInfo]:
+    """The keys that the well-formed references of earlier ``properties`` name now.
+
+    For the old side of an Update and for Delete: those properties may no longer validate,
+    and their keys may be gone, yet the statements this resource wrote must still be found.
+    A key that does not exist, or could not be reached (a mistyped or disabled region), was
+    never written by this resource, so it is passed over.
+    """
+    if properties is None:
+        return []
+    refs = [
+        ref
+        for ref in key_refs_leniently(properties)
+        if ref.account in (None, me.account) and ref.partition in (None, me.partition)
+    ]
+
+    def describe(ref: KeyRef) -> KeyInfo | None:
+        try:
+            return store.describe(ref)
+        except KeyUnreachableError as error:
+            logger.warning("Key not reached; it was never written", extra={"reason": str(error)})
+            return None
+
+    found = fan_out(describe, refs, workers)
+    return [
+        key
+        for key in found
+        if key is not None and key.account == me.account and key.manager == "CUSTOMER"
+    ]
+
+
+# --- The plan ---------------------------------------------------------------------------------
+
+
+@dataclass
+class KeyPlan:
+    """One key: its policy as read, and this resource's statements as wanted on it."""
+
+    key: KeyInfo
+    prefix: str
+    before: keypolicy.Policy
+    wanted: list[Statement]
+    mode: PrincipalMode | None = None
+    skipped: str | None = None
+    """Why the key is left as it is (a deployed key now pending deletion), or ``None``."""
+
+    @property
+    def current(self) -> list[Statement]:
+        return keypolicy.managed(self.before, self.prefix)
+
+    @property
+    def changed(self) -> bool:
+        return self.skipped is None and self.current != self.wanted
+
+    def after(self) -> keypolicy.Policy:
+        return (
+            self.before if self.skipped else keypolicy.merge(self.before, self.prefix, self.wanted)
+        )
+
+
+@dataclass
+class Plan:
+    prefix: str
+    spec: Spec
+    lookup: Lookup
+    targets: list[KeyPlan]
+    """The keys of ``KeyIds``, in their order."""
+    cleanups: list[KeyPlan]
+    """Keys this resource may have written before and no longer targets: to be emptied."""
+
+    @property
+    def writes(self) -> list[KeyPlan]:
+        """Every key to converge; a skipped key is left alone."""
+        return [plan for plan in (*self.targets, *self.cleanups) if plan.skipped is None]
+
+    def data(self) -> dict[str, str]:
+        """The ``Fn::GetAtt`` attributes."""
+        granted = self.lookup.selection.granted
+        return {
+            "OrganizationId": self.lookup.grantees.organization_id,
+            "AccountCount": str(len(granted)),
+            "AccountIds": ",".join(granted),
+            "KeyArns": ",".join(plan.key.arn for plan in self.targets),
+            "PrincipalModes": ",".join(
+                plan.mode.value if plan.mode else "" for plan in self.targets
+            ),
+            "PolicyDigest": digest({plan.key.arn: plan.wanted for plan in self.targets}),
+            "StatementSid": self.prefix,
+            "DryRun": str(self.spec.dry_run).lower(),
+        }
+
+
+def plan_resource(
+    spec: Spec,
+    prefix: str,
+    lookup: Lookup,
+    store: KeyStore,
+    targets: Sequence[KeyInfo],
+    previous: Sequence[KeyInfo],
+    workers: int,
+) -> Plan:
+    """Read every key's policy and compute what this resource wants on it.
+
+    ``previous`` are the keys this resource may have written before (the old properties'
+    keys, the registry's record): those no longer among ``targets`` are emptied of its
+    statements. A target pending deletion is refused, unless this resource already holds
+    statements on it: then it is left as it is, so that a key scheduled for deletion after a
+    deploy never blocks an Update or CloudFormation's rollback.
+    """
+    deployed = {key.arn for key in previous}
+    befores = fan_out(lambda key: _read(store, key), targets, workers)
+    plans: list[KeyPlan] = []
+    for key, before in zip(targets, befores, strict=True):
+        if before is None and not key.pending_deletion:
+            raise InvalidPropertyError(
+                KEY_IDS, key.ref.text, "does not exist", "check the ID, alias and region"
+            )
+        plan = _plan_key(spec, prefix, lookup, key, before or {"Statement": []})
+        if key.pending_deletion:
+            if key.arn not in deployed and not plan.current:
+                raise InvalidPropertyError(
+                    KEY_IDS, key.ref.text, "is pending deletion", "cancel the deletion or drop it"
+                )
+            plan.skipped = "pending deletion"
+            logger.warning(
+                "Key is pending deletion; its statements are left as they are",
+                extra={"key": key.arn},
+            )
+        plans.append(plan)
+    known = {key.arn for key in targets}
+    dropped = [key for key in previous if key.arn not in known]
+    return Plan(prefix, spec, lookup, plans, cleanups(prefix, store, dropped, workers))
+
+
+def cleanups(prefix: str, store: KeyStore, keys: Sequence[KeyInfo], workers: int) -> list[KeyPlan]:
+    """Plans that empty ``keys`` (one each) of this resource's statements; a key that is gone
+    or pending deletion and unreadable has nothing left to remove."""
+    unique = list({key.arn: key for key in keys}.values())
+    befores = fan_out(lambda key: _read(store, key), unique, workers)
+    return [
+        KeyPlan(key, prefix, before, [])
+        for key, before in zip(unique, befores, strict=True)
+        if before is not None
+    ]
+
+
+def _read(store: KeyStore, key: KeyInfo) -> keypolicy.Policy | None:
+    """The key's policy, or ``None`` when the key is gone or pending deletion and unreadable."""
+    try:
+        return keypolicy.parse(store.read(key))
+    except KeyAccessError as error:
+        if not is_missing(error):
+            raise
+        logger.info("Key is gone or pending deletion", extra={"key": key.arn})
+        return None
+
+
+def _plan_key(
+    spec: Spec, prefix: str, lookup: Lookup, key: KeyInfo, before: keypolicy.Policy
+) -> KeyPlan:
+    mode = spec.principal_mode
+    if mode is PrincipalMode.AUTO:
+        wanted = build_statements(spec, prefix, lookup.grantees, PrincipalMode.ACCOUNTS)
+        if keypolicy.size(keypolicy.merge(before, prefix, wanted)) <= keypolicy.MAX_POLICY_BYTES:
+            return KeyPlan(key, prefix, before, wanted, PrincipalMode.ACCOUNTS)
+        mode = PrincipalMode.ORG_PATHS
+    grantees = lookup.grantees
+    if mode is PrincipalMode.ORG_PATHS:
+        grantees = replace(grantees, unit_paths=lookup.paths())
+    return KeyPlan(key, prefix, before, build_statements(spec, prefix, grantees, mode), mode)
+
+
+def check(plan: Plan) -> None:
+    """Every check that must pass before the first write, naming the key and the fix."""
+    accounts = len(plan.lookup.selection.granted)
+    for key_plan in plan.writes:
+        problems = keypolicy.unsafe_reasons(key_plan.wanted)
+        if problems:
+            raise OrgKeyPolicyError(f"Refusing unsafe statements: {'; '.join(problems)}")
+        after = key_plan.after()
+        keypolicy.check_variables(after, key_plan.key.arn, key_plan.wanted)
+        keypolicy.check_size(after, key_plan.key.arn, accounts)
+
+
+def log_selection(selection: Selection) -> None:
+    if selection.inactive:
+        logger.info(
+            "Accounts not granted because they are not ACTIVE",
+            extra={"accounts": dict(selection.inactive)},
+        )
+    if selection.excluded:
+        logger.info(
+            "Accounts not granted because they are excluded",
+            extra={"accounts": list(selection.excluded)},
+        )

@@ -1,22 +1,32 @@
-"""An HTTP proxy in front of the local AWS that adds latency, injects errors and logs calls.
+"""An HTTP proxy in front of the local AWS that adds latency, injects faults and logs calls.
 
-boto3 clients reach it through ``AWS_ENDPOINT_URL`` (or ``endpoint_url=proxy.url``). For each
-request it works out the AWS operation:
+boto3 clients reach it through ``AWS_ENDPOINT_URL`` (or ``endpoint_url=proxy.url``). Each
+request is named ``service:Operation`` (``kms:PutKeyPolicy``, ``dynamodb:PutItem``) and
+placed in the region of its SigV4 credential scope by :func:`localaws.protocol.identify`.
 
-- JSON protocol (Organizations, KMS): the ``X-Amz-Target`` header, e.g.
-  ``AWSOrganizationsV20161128.ListAccountsForParent`` or ``TrentService.PutKeyPolicy``;
-- query protocol (STS): ``Action=`` in the form body (or the query string);
+Rules (:meth:`FaultProxy.add_rule`) act on the calls they match, by operation, region and
+request body:
 
-and names it ``service:Operation`` (``kms:PutKeyPolicy``), the service being the SigV4
-signing name from the ``Authorization`` header.
+- ``error_code``: answer an AWS-shaped error instead of forwarding the call; botocore parses
+  it into ``ClientError`` and applies its own retry rules to it;
+- ``delay`` alone: forward the call late;
+- ``lose_answer``: forward the call, so it takes effect, then lose moto's answer: close the
+  connection without a response (``"reset"``; botocore raises ``ConnectionClosedError``),
+  answer a 500 ``InternalFailure`` (``"500"``; ``InternalServerError`` for DynamoDB), or hold
+  the answer ``delay`` seconds, past the client's read timeout, then close the connection
+  (``"timeout"``; botocore raises ``ReadTimeoutError``). botocore retries all three in its
+  standard and adaptive modes, so the retry meets the state the lost call left behind: a
+  ``CreateAlias`` retried this way gets ``AlreadyExistsException``;
+- ``drop``: close the connection without forwarding or answering the call;
+  with ``region=`` that is a region whose endpoint cannot be reached. An opt-in region that
+  the account has not enabled answers ``UnrecognizedClientException`` instead; see
+  :meth:`FaultProxy.unreachable_region` for both.
 
-Rules (:meth:`FaultProxy.add_rule`) answer matching calls with an AWS-shaped error instead
-of forwarding them, or only delay them. Errors are shaped as AWS sends them, so botocore
-parses them into ``ClientError`` with the given code and applies its own retry rules: JSON
-protocol as ``{"__type": code, "message": ...}`` with ``x-amzn-ErrorType``, query protocol
-as an XML ``ErrorResponse``.
+The call log (:attr:`FaultProxy.calls`) records each request as its own :class:`Call`,
+retries included, with whether it reached moto (``forwarded``) and whether its answer was
+lost on the way back (``answer_lost``), so a test can count the calls that took effect.
 
-Latency and delays are slept in the request's own handler thread, so concurrent calls
+Latency, delays and holds are slept in the request's own handler thread, so concurrent calls
 overlap as they would against AWS.
 """
 
@@ -24,26 +34,28 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import random
-import re
 import socket
 import sys
 import threading
 import time
 import urllib.parse
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Self
-from xml.sax.saxutils import escape
+from typing import Any, Literal, Self, get_args
 
-SERVICE_BY_TARGET_PREFIX = {
-    "AWSOrganizationsV20161128": "organizations",
-    "TrentService": "kms",
-}
+from localaws.protocol import (
+    INVALID_TOKEN,
+    Answer,
+    Request,
+    default_message,
+    error_answer,
+    identify,
+    internal_error_code,
+    json_error,
+)
 
 _HOP_BY_HOP = frozenset(
     {
@@ -62,18 +74,26 @@ _HOP_BY_HOP = frozenset(
         "expect",
     }
 )
-_CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/,\s]+/([^/,\s]+)/aws4_request")
 _FORWARD_TIMEOUT = 60.0
 
 Predicate = Callable[[dict[str, Any]], bool]
+LoseAnswer = Literal["reset", "500", "timeout"]
+Unreachable = Literal["reset", "UnrecognizedClientException"]
 
 
 @dataclass(frozen=True)
 class Call:
     """One request that reached the proxy, as it was answered.
 
+    ``status`` is the HTTP status the client got, ``0`` when the connection was closed
+    without a response. ``injected`` says a rule answered the call (an error, a closed
+    connection or a lost answer); ``forwarded`` that the call reached moto and took effect
+    there, ``upstream_status`` being moto's status; ``answer_lost`` that moto's answer never
+    reached the client. ``region`` comes from the SigV4 credential scope (``""`` unsigned).
+
     ``started`` and ``ended`` are ``time.perf_counter()`` values: arrival of the request,
-    and the moment the answer was ready to send (latency and delays included).
+    and the moment the answer was ready to send (latency and delays included). A lost answer
+    is logged, and ends, when moto has answered, before the hold of the ``timeout`` kind.
     ``body`` is the parsed JSON body (JSON protocol) or the form fields (query protocol).
     """
 
@@ -85,6 +105,10 @@ class Call:
     ended: float
     body: dict[str, Any]
     error_code: str | None = None
+    region: str = ""
+    forwarded: bool = False
+    answer_lost: bool = False
+    upstream_status: int | None = None
 
     @property
     def name(self) -> str:
@@ -98,19 +122,37 @@ class Call:
 @dataclass
 class Rule:
     """A fault rule; see :meth:`FaultProxy.add_rule`. ``seen`` counts the calls that matched
-    it (operation and ``when``), ``fired`` those it acted on."""
+    it (operation, ``region`` and ``when``), ``fired`` those it acted on."""
 
     operation: str
     error_code: str | None
     status: int
-    message: str
+    message: str | None
     probability: float
     nth: frozenset[int] | None
     times: int | None
     delay: float
     when: Predicate | None
+    region: str | None = None
+    lose_answer: LoseAnswer | None = None
+    drop: bool = False
     seen: int = 0
     fired: int = 0
+
+    @property
+    def answers(self) -> bool:
+        """Whether firing ends the call here (rather than only delaying it)."""
+        return bool(self.error_code) or self.lose_answer is not None or self.drop
+
+    def matches(self, request: Request) -> bool:
+        if not operation_matches(self.operation, request.service, request.operation):
+            return False
+        if self.region is not None and self.region != request.region:
+            return False
+        return self.when is None or _safe_predicate(self.when, request.params)
+
+    def message_for(self, code: str) -> str:
+        return self.message if self.message is not None else default_message(code)
 
 
 def operation_matches(pattern: str, service: str, operation: str) -> bool:
@@ -124,61 +166,6 @@ def operation_matches(pattern: str, service: str, operation: str) -> bool:
     if want_service.lower() != service.lower():
         return False
     return want_operation in ("*", operation)
-
-
-def identify(headers: Any, path: str, body: bytes) -> tuple[str, str, dict[str, Any], str]:
-    """(service, operation, parsed parameters, protocol) of one request."""
-    authorization = headers.get("Authorization", "") or ""
-    scope = _CREDENTIAL_SCOPE.search(authorization)
-    signing_service = scope.group(1) if scope else ""
-    target = headers.get("X-Amz-Target")
-    if target and "." in target:
-        prefix, operation = target.rsplit(".", 1)
-        service = SERVICE_BY_TARGET_PREFIX.get(prefix) or signing_service or prefix.lower()
-        params: dict[str, Any] = {}
-        if body:
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, dict):
-                params = parsed
-        return service, operation, params, "json"
-    query = urllib.parse.urlsplit(path).query
-    fields = urllib.parse.parse_qs(query)
-    content_type = headers.get("Content-Type", "") or ""
-    if body and ("x-www-form-urlencoded" in content_type or body.startswith(b"Action=")):
-        fields.update(urllib.parse.parse_qs(body.decode("utf-8", "replace")))
-    flat = {name: values[0] for name, values in fields.items()}
-    if "Action" in flat:
-        return signing_service or "unknown", str(flat["Action"]), flat, "query"
-    return signing_service or "unknown", "unknown", flat, "other"
-
-
-def json_error(code: str, message: str, status: int) -> tuple[int, list[tuple[str, str]], bytes]:
-    body = json.dumps({"__type": code, "message": message}).encode()
-    headers = [
-        ("Content-Type", "application/x-amz-json-1.1"),
-        ("x-amzn-RequestId", str(uuid.uuid4())),
-        ("x-amzn-ErrorType", code),
-    ]
-    return status, headers, body
-
-
-def query_error(
-    code: str, message: str, status: int, service: str, version: str | None
-) -> tuple[int, list[tuple[str, str]], bytes]:
-    request_id = str(uuid.uuid4())
-    kind = "Receiver" if status >= 500 else "Sender"
-    namespace = f' xmlns="https://{service}.amazonaws.com/doc/{version}/"' if version else ""
-    body = (
-        f"<ErrorResponse{namespace}>"
-        f"<Error><Type>{kind}</Type><Code>{escape(code)}</Code>"
-        f"<Message>{escape(message)}</Message></Error>"
-        f"<RequestId>{request_id}</RequestId></ErrorResponse>"
-    ).encode()
-    headers = [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)]
-    return status, headers, body
 
 
 class _ProxyServer(ThreadingHTTPServer):
@@ -255,45 +242,76 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         started = time.perf_counter()
         body = self._read_body()
         proxy = self.server.proxy
-        service, operation, params, protocol = identify(self.headers, self.path, body)
-        delay, rule = proxy._decide(service, operation, params)
-        pause = proxy.latency + delay
+        request = identify(self.headers, self.path, body)
+        pause, rule = proxy._decide(request)
+        pause += proxy.latency
         if pause > 0:
             time.sleep(pause)
-        if rule is not None and rule.error_code:
-            if protocol == "query":
-                status, headers, payload = query_error(
-                    rule.error_code, rule.message, rule.status, service, params.get("Version")
+
+        def log(status: int, **outcome: Any) -> None:
+            proxy._record(
+                Call(
+                    service=request.service,
+                    operation=request.operation,
+                    status=status,
+                    started=started,
+                    ended=time.perf_counter(),
+                    body=request.params,
+                    region=request.region,
+                    **outcome,
                 )
-            else:
-                status, headers, payload = json_error(rule.error_code, rule.message, rule.status)
-            error_code: str | None = rule.error_code
-            injected = True
-        else:
-            status, headers, payload = self._forward(proxy.target, body)
-            error_code = None
-            injected = False
-        proxy._record(
-            Call(
-                service=service,
-                operation=operation,
-                status=status,
-                injected=injected,
-                started=started,
-                ended=time.perf_counter(),
-                body=params,
-                error_code=error_code,
             )
-        )
-        self.send_response(status)
-        for name, value in headers:
+
+        if rule is not None and rule.drop:
+            log(0, injected=True)
+            self.close_connection = True
+            return
+        if rule is not None and rule.error_code:
+            code = rule.error_code
+            answer = error_answer(request, code, rule.message_for(code), rule.status)
+            log(answer.status, injected=True, error_code=code)
+            self._send(answer)
+            return
+        try:
+            upstream = self._forward(proxy.target, body)
+        except OSError as error:
+            answer = json_error(
+                "ServiceUnavailable", f"proxy could not reach {proxy.target}: {error}", 503
+            )
+            log(answer.status, injected=False, error_code="ServiceUnavailable")
+            self._send(answer)
+            return
+        landed = {"forwarded": True, "upstream_status": upstream.status}
+        if rule is None or rule.lose_answer is None:
+            log(upstream.status, injected=False, **landed)
+            self._send(upstream)
+            return
+        lost: Answer | None = None
+        if rule.lose_answer == "500":
+            code = internal_error_code(request.service)
+            lost = error_answer(request, code, rule.message_for(code), 500)
+            log(lost.status, injected=True, answer_lost=True, error_code=code, **landed)
+        else:
+            log(0, injected=True, answer_lost=True, **landed)
+        # Logged before the hold: by the time the client gives up, the log shows the call
+        # took effect.
+        if rule.delay > 0:
+            time.sleep(rule.delay)
+        if lost is None:
+            self.close_connection = True
+        else:
+            self._send(lost)
+
+    def _send(self, answer: Answer) -> None:
+        self.send_response(answer.status)
+        for name, value in answer.headers:
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Content-Length", str(len(answer.body)))
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(payload)
+            self.wfile.write(answer.body)
 
-    def _forward(self, target: str, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _forward(self, target: str, body: bytes) -> Answer:
         parts = urllib.parse.urlsplit(target)
         connection = http.client.HTTPConnection(
             parts.hostname or "127.0.0.1", parts.port, timeout=_FORWARD_TIMEOUT
@@ -315,9 +333,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 for name, value in response.getheaders()
                 if name.lower() not in _HOP_BY_HOP
             ]
-            return response.status, headers, payload
-        except OSError as error:
-            return json_error("ServiceUnavailable", f"proxy could not reach {target}: {error}", 503)
+            return Answer(response.status, headers, payload)
         finally:
             connection.close()
 
@@ -404,6 +420,9 @@ class FaultProxy:
         error_code: str | None = None,
         status: int = 400,
         message: str | None = None,
+        lose_answer: LoseAnswer | None = None,
+        drop: bool = False,
+        region: str | None = None,
         probability: float = 1.0,
         nth: set[int] | frozenset[int] | None = None,
         times: int | None = None,
@@ -412,32 +431,77 @@ class FaultProxy:
     ) -> Rule:
         """Act on calls of ``operation`` (``kms:PutKeyPolicy``, ``organizations:*``, ``*``).
 
-        A call matches when its operation matches and ``when`` (given the parsed request
-        body, e.g. ``lambda body: body["KeyId"] == key_arn``) is true. Of the matching calls,
-        the rule fires on those whose 1-based match count is in ``nth`` (all if ``None``),
-        at most ``times`` times, each with ``probability``. Firing sleeps ``delay`` seconds,
-        then answers ``error_code`` with HTTP ``status``, or forwards the call when there is
-        no ``error_code``. Rules are tried in the order added; the first that answers with an
-        error ends the call, delays add up.
+        A call matches when its operation matches, its SigV4 region is ``region`` (any if
+        ``None``) and ``when`` (given the parsed request body, e.g. ``lambda body:
+        body["KeyId"] == key_arn``) is true. Of the matching calls, the rule fires on those
+        whose 1-based match count is in ``nth`` (all if ``None``), at most ``times`` times,
+        each with ``probability``. Firing does one of:
+
+        - ``error_code``: sleep ``delay`` seconds, then answer that error with HTTP
+          ``status`` (``message`` defaults to AWS's own for well-known codes);
+        - ``lose_answer``: forward the call, then, ``delay`` seconds after moto answered,
+          close the connection (``"reset"``, and ``"timeout"``, which needs a ``delay``
+          longer than the client's read timeout) or answer a 500 (``"500"``);
+        - ``drop``: sleep ``delay`` seconds, then close the connection unforwarded;
+        - none of these: sleep ``delay`` seconds, then forward the call.
+
+        Rules are tried in the order added; the first that fires with one of the three ends
+        the call, the delays before it add up.
         """
-        if not error_code and delay <= 0:
-            raise ValueError("a rule needs an error_code, a delay, or both")
+        actions = [
+            name
+            for name, chosen in [
+                ("error_code", bool(error_code)),
+                ("lose_answer", lose_answer is not None),
+                ("drop", drop),
+            ]
+            if chosen
+        ]
+        if len(actions) > 1:
+            raise ValueError(
+                f"a rule takes one of error_code, lose_answer and drop, not {' and '.join(actions)}"
+            )
+        if not actions and delay <= 0:
+            raise ValueError("a rule needs an error_code, a lose_answer, drop, or a delay")
+        if lose_answer is not None and lose_answer not in get_args(LoseAnswer):
+            raise ValueError(
+                f"lose_answer={lose_answer!r} is not one of {', '.join(get_args(LoseAnswer))}"
+            )
+        if lose_answer == "timeout" and delay <= 0:
+            raise ValueError(
+                "lose_answer='timeout' needs delay=: the seconds to hold the answer, longer "
+                "than the client's read timeout"
+            )
         if not 0.0 <= probability <= 1.0:
             raise ValueError("probability must be within [0, 1]")
         rule = Rule(
             operation=operation,
             error_code=error_code or None,
             status=status,
-            message=message if message is not None else _default_message(error_code),
+            message=message,
             probability=probability,
             nth=frozenset(nth) if nth is not None else None,
             times=times,
             delay=delay,
             when=when,
+            region=region,
+            lose_answer=lose_answer,
+            drop=drop,
         )
         with self._lock:
             self._rules.append(rule)
         return rule
+
+    def unreachable_region(self, region: str, *, answer: Unreachable = "reset") -> Rule:
+        """Make every call signed for ``region`` fail without reaching moto: the connection
+        closes without a response (``"reset"``: an endpoint that cannot be reached), or the
+        call is refused as in an opt-in region the account has not enabled
+        (``"UnrecognizedClientException"``, HTTP 400)."""
+        if answer == "reset":
+            return self.add_rule("*", region=region, drop=True)
+        if answer == INVALID_TOKEN:
+            return self.add_rule("*", region=region, error_code=INVALID_TOKEN)
+        raise ValueError(f"answer={answer!r} is not one of {', '.join(get_args(Unreachable))}")
 
     def clear_rules(self) -> None:
         with self._lock:
@@ -448,17 +512,13 @@ class FaultProxy:
         with self._lock:
             return list(self._rules)
 
-    def _decide(
-        self, service: str, operation: str, params: dict[str, Any]
-    ) -> tuple[float, Rule | None]:
-        """Total delay, and the rule answering with an error if any."""
-        delay = 0.0
+    def _decide(self, request: Request) -> tuple[float, Rule | None]:
+        """Seconds to sleep before acting, and the rule that ends the call if any."""
+        pause = 0.0
         answering: Rule | None = None
         with self._lock:
             for rule in self._rules:
-                if not operation_matches(rule.operation, service, operation):
-                    continue
-                if rule.when is not None and not _safe_predicate(rule.when, params):
+                if not rule.matches(request):
                     continue
                 rule.seen += 1
                 if answering is not None:
@@ -470,10 +530,12 @@ class FaultProxy:
                 if rule.probability < 1.0 and self._random.random() >= rule.probability:
                     continue
                 rule.fired += 1
-                delay += rule.delay
-                if rule.error_code:
+                # A lost answer's delay is slept after forwarding: it holds the answer.
+                if rule.lose_answer is None:
+                    pause += rule.delay
+                if rule.answers:
                     answering = rule
-        return delay, answering
+        return pause, answering
 
     # -- call log ----------------------------------------------------------------------
 
@@ -494,16 +556,36 @@ class FaultProxy:
         with self._lock:
             return list(self._calls)
 
-    def calls_for(self, operation: str = "*", injected: bool | None = None) -> list[Call]:
+    def calls_for(
+        self,
+        operation: str = "*",
+        injected: bool | None = None,
+        *,
+        forwarded: bool | None = None,
+        answer_lost: bool | None = None,
+    ) -> list[Call]:
+        """The logged calls of ``operation``, those with the given flags if not ``None``:
+        ``forwarded=True`` gives the calls that took effect."""
         return [
             call
             for call in self.calls
             if operation_matches(operation, call.service, call.operation)
             and (injected is None or call.injected == injected)
+            and (forwarded is None or call.forwarded == forwarded)
+            and (answer_lost is None or call.answer_lost == answer_lost)
         ]
 
-    def count(self, operation: str | None = None, injected: bool | None = None) -> int:
-        return len(self.calls_for(operation or "*", injected))
+    def count(
+        self,
+        operation: str | None = None,
+        injected: bool | None = None,
+        *,
+        forwarded: bool | None = None,
+        answer_lost: bool | None = None,
+    ) -> int:
+        return len(
+            self.calls_for(operation or "*", injected, forwarded=forwarded, answer_lost=answer_lost)
+        )
 
     def max_concurrency(self, operation: str | None = None) -> int:
         """Most calls (of ``operation``) that were in flight at one moment."""
@@ -522,10 +604,6 @@ class FaultProxy:
     def reset_log(self) -> None:
         with self._lock:
             self._calls.clear()
-
-
-def _default_message(error_code: str | None) -> str:
-    return f"{error_code} injected by the local fault proxy" if error_code else ""
 
 
 def _safe_predicate(predicate: Predicate, params: dict[str, Any]) -> bool:

@@ -26,7 +26,7 @@ from orgkeypolicy.properties import parse_properties
 from orgkeypolicy.registry import Record, Registry
 from orgkeypolicy.settings import Deadline, Settings
 from orgkeypolicy.statements import sid_prefix
-from orgkeypolicy.writing import Ledger, Writer, put_back, write_all
+from orgkeypolicy.writing import Ledger, Writer, rolled_back, write_all
 
 logger = logging.getLogger(__name__)
 
@@ -132,10 +132,7 @@ def apply(
             )
         except OrgKeyPolicyError as error:
             # A grant the registry does not know would escape re-sync and verify: take it back.
-            unrestored = put_back(writer, ledger)
-            raise OrgKeyPolicyError(
-                f"{error}; {'NOT ' if unrestored else ''}restored {len(ledger.attempted)} keys"
-            ) from error
+            raise rolled_back(error, writer, ledger) from error
     return Outcome(prefix, plan.data(), ledger.writes, len(lookup.selection.granted))
 
 
@@ -172,7 +169,13 @@ def delete(
             *recorded_keys(record),
         ]
         cleanups = planning.cleanups(prefix, store, keys, settings.key_workers)
-        ledger = write_all(Writer(store, leases, settings), cleanups, deadline)
-        registry.delete(prefix)
+        writer = Writer(store, leases, settings)
+        ledger = write_all(writer, cleanups, deadline)
+        try:
+            registry.delete(prefix)
+        except OrgKeyPolicyError as error:
+            # The resource stays (DELETE_FAILED) and so does its record: give its keys back
+            # their grant, so that keys, record and stack agree until the Delete is retried.
+            raise rolled_back(error, writer, ledger) from error
     arns = ",".join(plan.key.arn for plan in cleanups)
     return Outcome(prefix, {"StatementSid": prefix, "KeyArns": arns}, ledger.writes)

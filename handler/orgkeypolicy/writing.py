@@ -89,10 +89,16 @@ def write_all(
         "Write failed; restoring the keys already changed",
         extra={"key": plan.key.arn, "error": str(error), "failed_keys": len(failures)},
     )
+    raise rolled_back(error, writer, ledger) from error
+
+
+def rolled_back(error: Exception, writer: Writer, ledger: Ledger) -> OrgKeyPolicyError:
+    """Put back every attempted key; the error to report, naming first any key left changed
+    (the reason's length limit must spare them)."""
     unrestored = put_back(writer, ledger)
     if unrestored:
-        raise OrgKeyPolicyError(f"{_not_restored(unrestored)}; {error}") from error
-    raise OrgKeyPolicyError(f"{error}; {len(ledger.attempted)} changed keys restored") from error
+        return OrgKeyPolicyError(f"{_not_restored(unrestored)}; {error}")
+    return OrgKeyPolicyError(f"{error}; {len(ledger.attempted)} changed keys restored")
 
 
 def put_back(writer: Writer, ledger: Ledger) -> list[str]:

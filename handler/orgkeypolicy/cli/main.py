@@ -10,6 +10,7 @@ import click
 
 from orgkeypolicy import __version__
 from orgkeypolicy.cli.output import PROG, ExitCode, reported, setup_logging
+from orgkeypolicy.cli.probe import probe
 
 
 @dataclass
@@ -75,6 +76,9 @@ def cli(ctx: click.Context, debug: bool, region: str | None, profile: str | None
     setup_logging(debug=debug)
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
+
+
+cli.add_command(probe)
 
 
 def main() -> None:

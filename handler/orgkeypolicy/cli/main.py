@@ -9,6 +9,7 @@ import boto3
 import click
 
 from orgkeypolicy import __version__
+from orgkeypolicy.cli.audit import audit
 from orgkeypolicy.cli.output import PROG, ExitCode, reported, setup_logging
 from orgkeypolicy.cli.probe import probe
 
@@ -79,6 +80,7 @@ def cli(ctx: click.Context, debug: bool, region: str | None, profile: str | None
 
 
 cli.add_command(probe)
+cli.add_command(audit)
 
 
 def main() -> None:

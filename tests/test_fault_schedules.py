@@ -138,8 +138,12 @@ def test_the_lifecycle_invariants_hold_under_any_fault_schedule(
     originals = add_keys(aws, 2, tag=f"schedule{uuid.uuid4().hex[:6]}")
     keys = list(originals)
     stack_id = cfn.stack_id.rsplit("/", 1)[0] + f"/{uuid.uuid4()}"
-    old = {"KeyIds": keys, "OrganizationalUnitIds": [demo_org.ous["Dev"]], "AllowGrants": "true"}
-    new = {"KeyIds": keys[1:], "OrganizationalUnitIds": [demo_org.ous["Sandbox"]]}
+    old: dict[str, Any] = {
+        "KeyIds": keys,
+        "OrganizationalUnitIds": [demo_org.ous["Dev"]],
+        "AllowGrants": "true",
+    }
+    new: dict[str, Any] = {"KeyIds": keys[1:], "OrganizationalUnitIds": [demo_org.ous["Sandbox"]]}
     dev, sandbox = names(demo_org, "dev-a"), names(demo_org, "sbx-a")
 
     def send(request_type: str, props: Any, faulted: bool, **extra: Any) -> CfnResponse:

@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 
 from orgkeypolicy import planning
+from orgkeypolicy.analyzer import AccessAnalyzer, Gate
 from orgkeypolicy.aws import KeyInfo, KeyStore, OrganizationsDirectory, identity
 from orgkeypolicy.aws import organizations_session as reader_session
 from orgkeypolicy.errors import OrgKeyPolicyError
@@ -105,9 +106,11 @@ def apply(
         plan = planning.plan_resource(
             spec, prefix, lookup, store, targets, previous, settings.key_workers
         )
-        planning.check(plan)
+        gate = Gate(AccessAnalyzer(session, pool=settings.key_workers))
+        review = gate if settings.access_analyzer and not spec.dry_run else None
+        planning.check(plan, review)
         planning.log_selection(lookup.selection)
-        writer = Writer(store, leases, settings)
+        writer = Writer(store, leases, settings, review)
         ledger = Ledger()
         if spec.dry_run:
             logger.info("DryRun: nothing written", extra={"keys": [p.key.arn for p in plan.writes]})

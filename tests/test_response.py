@@ -105,7 +105,7 @@ def outlive(
     for key in keys:
         # The third read of each key: after the one checking the plan and the one under the
         # write lock, the read-back of the write.
-        fault_proxy.add_rule("kms:GetKeyPolicy", delay=4.5, nth={3}, when=on_key(key))
+        fault_proxy.add_rule("kms:GetKeyPolicy", delay=7.5, nth={3}, when=on_key(key))
     event = cfn.event("Update", new, old_properties=old, physical_id=prefix)
     at_answer: dict[str, Policy] = {}
 
@@ -115,11 +115,18 @@ def outlive(
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    timeout = 4.0
+    # The work stops at half the time left (the deadline keeps the rest to answer): 3 s for
+    # the lookups, locks and writes, which land; the read-backs then hang past the end.
+    timeout = 6.0
     started = time.time()
     invoke(event, timeout, bound=timeout + 10)
     watcher.join(5)
     time.sleep(0.2)
+    sandbox = demo_org.accounts["sbx-a"]
+    writes = fault_proxy.calls_for("kms:PutKeyPolicy", forwarded=True)
+    if not any(sandbox in str(call.body.get("Policy")) for call in writes):
+        # Not an assertion: the expected failure below must not pass on a broken premise.
+        pytest.fail("no write of the new grant landed before the time ran out")
     return started, event, at_old, at_answer
 
 
@@ -130,7 +137,7 @@ def test_work_outliving_the_lambda_is_answered_once_and_the_rollback_restores(
 
     [response] = cfn.responses(event)
     assert response.accepted
-    assert response.received_at < started + 4.0
+    assert response.received_at < started + 6.0
     assert response.status == "FAILED"
     prefix = str(response.physical_id)
     assert prefix == event["PhysicalResourceId"]

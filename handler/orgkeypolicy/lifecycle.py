@@ -22,7 +22,7 @@ from orgkeypolicy.aws import KeyInfo, KeyStore, OrganizationsDirectory, identity
 from orgkeypolicy.aws import organizations_session as reader_session
 from orgkeypolicy.errors import OrgKeyPolicyError
 from orgkeypolicy.locks import Leases
-from orgkeypolicy.properties import parse_properties
+from orgkeypolicy.properties import check_organizations_role, parse_properties
 from orgkeypolicy.registry import Record, Registry
 from orgkeypolicy.settings import Deadline, Settings
 from orgkeypolicy.statements import sid_prefix
@@ -84,6 +84,11 @@ def apply(
     """Create or Update: make every target key carry exactly the wanted statements."""
     prefix = request.sid_prefix
     spec = parse_properties(request.properties, default_role_arn=settings.default_role_arn)
+    check_organizations_role(
+        spec,
+        default_role_arn=settings.default_role_arn,
+        assumable_roles=settings.assumable_roles,
+    )
     me = identity(session)
     planning.check_refs(spec.key_refs, me)
     leases = deploy_leases(session, settings, request)
@@ -98,12 +103,21 @@ def apply(
         )
         lookup = planning.look_up(spec, reader, me.partition, settings.org_workers)
         targets = planning.resolve_targets(store, spec.key_refs, me, settings.key_workers)
+        planning.check_consent(store, targets, settings.key_consent, settings.key_workers)
         previous = [
             *planning.resolve_previous(store, request.old_properties, me, settings.key_workers),
             *recorded_keys(record),
         ]
         plan = planning.plan_resource(
-            spec, prefix, lookup, store, targets, previous, settings.key_workers
+            spec,
+            prefix,
+            lookup,
+            store,
+            targets,
+            previous,
+            settings.key_workers,
+            consent=settings.key_consent,
+            written=record.keys if record else (),
         )
         planning.check(plan)
         planning.log_selection(lookup.selection)
@@ -171,7 +185,14 @@ def delete(
             *planning.resolve_previous(store, request.properties, me, settings.key_workers),
             *recorded_keys(record),
         ]
-        cleanups = planning.cleanups(prefix, store, keys, settings.key_workers)
+        cleanups = planning.cleanups(
+            prefix,
+            store,
+            keys,
+            settings.key_workers,
+            consent=settings.key_consent,
+            written=record.keys if record else (),
+        )
         ledger = write_all(Writer(store, leases, settings), cleanups, deadline)
         registry.delete(prefix)
     arns = ",".join(plan.key.arn for plan in cleanups)

@@ -109,9 +109,9 @@ class Leases:
             if time.monotonic() > give_up:
                 until = datetime.fromtimestamp(current.expires, UTC).isoformat(timespec="seconds")
                 raise LockBusyError(
-                    f"{name}: locked by {current.holder}; retry when it ends (the lock lapses "
-                    f"at {until}), or delete item {LOCK_ID_PREFIX}{name} of table {self.table} "
-                    "if that writer is gone"
+                    f"Lock {LOCK_ID_PREFIX}{name} in table {self.table} is held by "
+                    f"{current.holder} until {until}; retry after that, or delete that item "
+                    "if the writer is gone"
                 )
             time.sleep(random.uniform(pause / 2, pause))  # noqa: S311 - jitter, not secrecy
             pause = min(pause * 2, _MAX_POLL)

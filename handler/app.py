@@ -26,7 +26,9 @@ from orgkeypolicy.statements import sid_prefix
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "OrgKeyPolicy")
 logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OrgKeyPolicy"))
+metrics = Metrics(
+    namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OrgKeyPolicy"), service=SERVICE
+)
 helper = CustomResource(lambda event: sid_prefix(event["StackId"], event["LogicalResourceId"]))
 # crhelper logs too: its lines go through the same JSON logger, with the stack and resource.
 copy_config_to_registered_loggers(source_logger=logger, include={"orgkeypolicy", "crhelper"})
@@ -93,8 +95,7 @@ def _run(step: Step, event: Mapping[str, Any], context: LambdaContext) -> str:
         raise OrgKeyPolicyError(
             f"Internal error ({type(error).__name__}: {error}); see the function log"
         ) from error
-    # The version that answered, so that a stack can tell which release changed its keys.
-    helper.Data.update({**outcome.data, "Version": __version__})
+    helper.Data.update(outcome.data)
     metrics.add_metric(name="KeysWritten", unit=MetricUnit.Count, value=outcome.keys_written)
     metrics.add_metric(
         name="AccountsGranted", unit=MetricUnit.Count, value=outcome.accounts_granted

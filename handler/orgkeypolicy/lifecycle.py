@@ -17,7 +17,7 @@ from typing import Any
 
 import boto3
 
-from orgkeypolicy import planning
+from orgkeypolicy import __version__, planning
 from orgkeypolicy.aws import KeyInfo, KeyStore, OrganizationsDirectory, identity
 from orgkeypolicy.aws import organizations_session as reader_session
 from orgkeypolicy.errors import OrgKeyPolicyError
@@ -29,6 +29,9 @@ from orgkeypolicy.statements import sid_prefix
 from orgkeypolicy.writing import Ledger, Writer, put_back, write_all
 
 logger = logging.getLogger(__name__)
+
+# The attribute naming the release that answered, so a stack can tell which one changed its keys.
+VERSION = "Version"
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,8 @@ def apply(
             raise OrgKeyPolicyError(
                 f"{error}; {'NOT ' if unrestored else ''}restored {len(ledger.attempted)} keys"
             ) from error
-    return Outcome(prefix, plan.data(), ledger.writes, len(lookup.selection.granted))
+    data = {**plan.data(), VERSION: __version__}
+    return Outcome(prefix, data, ledger.writes, len(lookup.selection.granted))
 
 
 def recorded_keys(record: Record | None) -> list[KeyInfo]:
@@ -196,4 +200,6 @@ def delete(
         ledger = write_all(Writer(store, leases, settings), cleanups, deadline)
         registry.delete(prefix)
     arns = ",".join(plan.key.arn for plan in cleanups)
-    return Outcome(prefix, {"StatementSid": prefix, "KeyArns": arns}, ledger.writes)
+    return Outcome(
+        prefix, {"StatementSid": prefix, "KeyArns": arns, VERSION: __version__}, ledger.writes
+    )

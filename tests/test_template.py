@@ -571,7 +571,11 @@ def test_outputs(main_template: dict[str, Any]) -> None:
         ]
     }
     assert outputs["ServiceToken"]["Export"]["Name"] == {
-        "Fn::Sub": "${AWS::StackName}-ServiceToken"
+        "Fn::If": [
+            "HasExportName",
+            {"Ref": "ServiceTokenExportName"},
+            {"Fn::Sub": "${AWS::StackName}-ServiceToken"},
+        ]
     }
     assert outputs["FunctionRoleArn"]["Value"] == {"Fn::GetAtt": [FUNCTION_ROLE, "Arn"]}
 

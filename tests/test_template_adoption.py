@@ -379,6 +379,15 @@ def main_template() -> dict[str, Any]:
     return _load(TEMPLATE)
 
 
+def test_the_export_has_one_name_in_every_account_of_a_stackset(deployed: dict[str, Any]) -> None:
+    export = deployed["Outputs"]["ServiceToken"]["Export"]["Name"]
+    assert Stack(deployed).resolve(export) == "org-key-policy-ServiceToken"
+    # A StackSet's stacks are named StackSet-<name>-<id>: the name is given instead.
+    named = Stack(deployed, ServiceTokenExportName="org-key-policy-ServiceToken")
+    named.values["AWS::StackName"] = "StackSet-org-key-policy-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    assert named.resolve(export) == "org-key-policy-ServiceToken"
+
+
 def test_no_invocation_is_retried_whatever_it_names(deployed: dict[str, Any]) -> None:
     # The alias (today's ServiceToken) and $LATEST (0.1.0's) are both free of Lambda retries.
     configs = {
@@ -617,6 +626,10 @@ def test_the_stackset_deploys_to_every_account_and_region_of_an_ou(
         Parameters=[
             {"ParameterKey": CODE_PARAMETER, "ParameterValue": BUCKETS},
             {"ParameterKey": "OrganizationsRoleArn", "ParameterValue": READER_ARN},
+            {
+                "ParameterKey": "ServiceTokenExportName",
+                "ParameterValue": "org-key-policy-ServiceToken",
+            },
         ],
         Capabilities=["CAPABILITY_NAMED_IAM"],
         PermissionModel="SERVICE_MANAGED",

@@ -334,7 +334,8 @@ def cleanups(
                     f"to remove them, tag it again: {_tag_command(consent, key)}"
                 ) from error
             logger.warning(
-                "Key passed over: it lacks the consent tag, so this resource never wrote it",
+                "Key passed over: it lacks the consent tag and this resource's record holds "
+                "no write to it",
                 extra={"key": key.arn, "tag": consent.tag},
             )
             return None

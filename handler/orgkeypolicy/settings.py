@@ -76,6 +76,8 @@ class Settings:
     # Role ARNs (IAM wildcards * and ? allowed) that a resource's OrganizationsRoleArn may name
     # besides default_role_arn; the provider's IAM policy allows assuming exactly these.
     assumable_roles: tuple[str, ...] = ()
+    # IAM Access Analyzer's review of every policy before it is written.
+    access_analyzer: bool = True
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -97,6 +99,7 @@ class Settings:
                 for arn in env.get("ALLOWED_ORGANIZATIONS_ROLES", "").split(",")
                 if arn.strip()
             ),
+            access_analyzer=env.get("ACCESS_ANALYZER", "true").lower() != "false",
         )
 
 

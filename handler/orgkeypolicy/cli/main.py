@@ -9,7 +9,9 @@ import boto3
 import click
 
 from orgkeypolicy import __version__
+from orgkeypolicy.cli.audit import audit
 from orgkeypolicy.cli.output import PROG, ExitCode, reported, setup_logging
+from orgkeypolicy.cli.probe import probe
 
 
 @dataclass
@@ -75,6 +77,10 @@ def cli(ctx: click.Context, debug: bool, region: str | None, profile: str | None
     setup_logging(debug=debug)
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
+
+
+cli.add_command(probe)
+cli.add_command(audit)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench docs clean
+.PHONY: demo test lint bench docs stackset clean
 
 $(STAMP): requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +30,11 @@ bench: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
+# The provider for a service-managed StackSet (docs/rollout.md): plain CloudFormation in
+# dist/stackset/template.json and the code archives to upload to each region's bucket.
+stackset: $(STAMP)
+	$(BIN)/sam build
+	$(BIN)/python scripts/stackset.py
+
 clean:
-	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis site
+	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis site dist

@@ -15,6 +15,7 @@ from typing import IO, Any
 from bench.local import Local
 from localaws import patched_environment
 from localaws.cfn import CloudFormation, FakeLambdaContext, stringify
+from localaws.seed import CONSENT_TAGS
 
 
 @dataclass
@@ -64,7 +65,7 @@ def load_handler(verify_delay: float, log: IO[str]) -> Any:
 def create_keys(local: Local, count: int) -> list[str]:
     kms = local.direct("kms")
     return [
-        kms.create_key(Description=f"bench key {index}")["KeyMetadata"]["Arn"]
+        kms.create_key(Description=f"bench key {index}", Tags=CONSENT_TAGS)["KeyMetadata"]["Arn"]
         for index in range(count)
     ]
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
+import aws_xray_sdk
 import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import CloudFormationCustomResourceEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from aws_xray_sdk.core import xray_recorder
 
-from orgkeypolicy import lifecycle
+from orgkeypolicy import __version__, concurrency, lifecycle
 from orgkeypolicy.cfn import CustomResource
 from orgkeypolicy.errors import OrgKeyPolicyError
 from orgkeypolicy.settings import Deadline, Settings
@@ -23,11 +26,41 @@ from orgkeypolicy.statements import sid_prefix
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "OrgKeyPolicy")
 logger = Logger(service=SERVICE)
 tracer = Tracer(service=SERVICE)
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OrgKeyPolicy"))
+metrics = Metrics(
+    namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OrgKeyPolicy"), service=SERVICE
+)
 helper = CustomResource(lambda event: sid_prefix(event["StackId"], event["LogicalResourceId"]))
 # crhelper logs too: its lines go through the same JSON logger, with the stack and resource.
 copy_config_to_registered_loggers(source_logger=logger, include={"orgkeypolicy", "crhelper"})
 settings = Settings.from_environment()
+
+
+def carry_trace() -> Callable[[], AbstractContextManager[object]]:
+    """Hand the calling thread's X-Ray segment to the worker threads of ``fan_out``.
+
+    X-Ray keeps the current segment per thread: without this, the boto3 calls made in the
+    thread pools find no segment and their subsegments are dropped.
+    """
+    if not aws_xray_sdk.global_sdk_config.sdk_enabled():
+        return nullcontext
+    entity = xray_recorder.get_trace_entity()
+    if entity is None:
+        return nullcontext
+
+    @contextmanager
+    def attached() -> Iterator[None]:
+        xray_recorder.set_trace_entity(entity)
+        try:
+            yield
+        finally:
+            # A worker runs several items: each starts from the caller's segment, none from
+            # the subsegments an earlier item left open after a failure.
+            xray_recorder.clear_trace_entities()
+
+    return attached
+
+
+concurrency.carry_context(carry_trace)
 
 # Kept back from the Lambda timeout to put keys back and answer CloudFormation.
 RESERVE_SECONDS = 45.0
@@ -86,8 +119,10 @@ def delete(event: Mapping[str, Any], context: LambdaContext) -> str:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> None:
     logger.append_keys(
+        version=__version__,
         stack_id=event.get("StackId"),
         logical_resource_id=event.get("LogicalResourceId"),
         request_type=event.get("RequestType"),
     )
+    tracer.put_annotation(key="version", value=__version__)
     helper(event, context)

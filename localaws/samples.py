@@ -34,12 +34,21 @@ def sample_names() -> list[str]:
     return sorted(path.name for path in EVENTS.glob("*.json"))
 
 
-def load_event(name: str, seeded: SeededOrg, cfn: CloudFormation | None = None) -> dict[str, Any]:
-    """A sample request with the seeded IDs, and a fresh ResponseURL on ``cfn`` when given."""
+def load_event(
+    name: str, seeded: SeededOrg, cfn: CloudFormation | None = None, *, dry_run: bool = True
+) -> dict[str, Any]:
+    """A sample request with the seeded IDs, and a fresh ResponseURL on ``cfn`` when given.
+
+    The samples are DryRun (run by hand, they act on a real account); ``dry_run=False`` takes
+    ``DryRun`` out of the new and old properties, as a user does to make them write.
+    """
     text = (EVENTS / name).read_text()
     for example, real in placeholders(seeded).items():
         text = text.replace(example, real)
     event: dict[str, Any] = json.loads(text)
+    if not dry_run:
+        for properties in ("ResourceProperties", "OldResourceProperties"):
+            event.get(properties, {}).pop("DryRun", None)
     if cfn is not None:
         request_id = str(uuid.uuid4())
         event["RequestId"] = request_id

@@ -41,13 +41,19 @@ from moto.organizations.models import (
 )
 
 from localaws.server import DEFAULT_REGION, MOTO_ACCOUNT_ID, fake_client
+from orgkeypolicy.settings import CONSENT_TAG_KEY, CONSENT_TAG_VALUE
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
+    from mypy_boto3_kms.type_defs import TagTypeDef
     from mypy_boto3_organizations import OrganizationsClient
 
 ACTIVE = "ACTIVE"
 SUSPENDED = "SUSPENDED"
+
+# The tag that lets the provider change a key's policy (its default consent rule). Keys
+# created for tests and demos carry it, so that they exercise the provider as deployed.
+CONSENT_TAGS: list[TagTypeDef] = [{"TagKey": CONSENT_TAG_KEY, "TagValue": CONSENT_TAG_VALUE}]
 
 DEFAULT_STATEMENT: dict[str, Any] = {
     "Sid": "Enable IAM User Permissions",
@@ -221,7 +227,8 @@ def seed_demo_org(url: str, region: str = DEFAULT_REGION) -> SeededOrg:
              └─ Sandbox                            sbx-a
 
     plus the management account 123456789012 under the root, and two KMS keys
-    (alias/demo-logs, alias/data-lake) whose policies are :func:`demo_key_policies`.
+    (alias/demo-logs, alias/data-lake) whose policies are :func:`demo_key_policies`, tagged
+    with the consent tag (:data:`CONSENT_TAGS`).
     """
     org = organizations_client(url)
     organization = org.create_organization(FeatureSet="ALL")["Organization"]
@@ -259,7 +266,7 @@ def seed_demo_org(url: str, region: str = DEFAULT_REGION) -> SeededOrg:
     for name, (alias, description) in DEMO_KEYS.items():
         metadata = kms.create_key(
             Description=description,
-            Tags=[{"TagKey": "purpose", "TagValue": name}],
+            Tags=[{"TagKey": "purpose", "TagValue": name}, *CONSENT_TAGS],
         )["KeyMetadata"]
         kms.create_alias(AliasName=alias, TargetKeyId=metadata["KeyId"])
         kms.put_key_policy(

@@ -17,16 +17,18 @@ The server runs in a thread of the current process, which matters in three ways:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import boto3
 from botocore.config import Config
+from moto.iam import models as iam_models
 from moto.kms import models as kms_models
 from moto.organizations.models import organizations_backends
 from moto.server import ThreadedMotoServer
@@ -164,6 +166,48 @@ def _share_symmetric_key_material() -> None:
     kms_models.generate_private_key = generate_private_key  # type: ignore[attr-defined]
 
 
+def _read_iam_resources_as_cloudformation_does() -> None:
+    """Two things CloudFormation does with IAM resources that moto 5.2.5 does not:
+
+    - a policy document (a ``Json`` property) may be JSON text, which is how a template
+      writes a condition key built with ``Fn::Sub``; moto takes text for a role's trust
+      policy but encodes it once more for ``AWS::IAM::ManagedPolicy``;
+    - an inline policy that ``Fn::If`` turns into ``AWS::NoValue`` is left out of a role's
+      ``Policies``; moto keeps it as ``None`` and fails on it.
+    """
+    policy_from_cfn = iam_models.ManagedPolicy.create_from_cloudformation_json
+    role_from_cfn = iam_models.Role.create_from_cloudformation_json
+    if getattr(policy_from_cfn, "as_cloudformation_does", False):
+        return
+
+    def with_properties(
+        cloudformation_json: dict[str, Any], change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any]:
+        properties = change(dict(cloudformation_json.get("Properties", {})))
+        return {**cloudformation_json, "Properties": properties}
+
+    def parsed(properties: dict[str, Any]) -> dict[str, Any]:
+        document = properties.get("PolicyDocument")
+        if isinstance(document, str):
+            properties["PolicyDocument"] = json.loads(document)
+        return properties
+
+    def present(properties: dict[str, Any]) -> dict[str, Any]:
+        if "Policies" in properties:
+            properties["Policies"] = [p for p in properties["Policies"] if p is not None]
+        return properties
+
+    def policy(cls: Any, name: str, template: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return policy_from_cfn(name, with_properties(template, parsed), *args, **kwargs)
+
+    def role(cls: Any, name: str, template: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return role_from_cfn(name, with_properties(template, present), *args, **kwargs)
+
+    policy.as_cloudformation_does = True  # type: ignore[attr-defined]
+    iam_models.ManagedPolicy.create_from_cloudformation_json = classmethod(policy)  # type: ignore[assignment,method-assign]
+    iam_models.Role.create_from_cloudformation_json = classmethod(role)  # type: ignore[assignment,method-assign]
+
+
 class LocalAws:
     """moto's ``ThreadedMotoServer`` on 127.0.0.1, plus clients pointed at it."""
 
@@ -182,6 +226,7 @@ class LocalAws:
         if werkzeug_logger.level == logging.NOTSET:
             werkzeug_logger.setLevel(logging.WARNING)
         _share_symmetric_key_material()
+        _read_iam_resources_as_cloudformation_does()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         host, bound_port = server.get_host_and_port()

@@ -2,9 +2,9 @@
 
 It starts moto's server on 127.0.0.1, seeds an organization (nested OUs, a suspended
 account) and two keys that already hold statements of their own, then sends the sample
-requests of ``events/`` (Create, Update, Delete) to the real handler. CloudFormation's side
-is a local HTTPS endpoint that receives each response. For every key it prints the policy
-before and after, and which accounts each step grants.
+requests of ``events/`` (Create, Update, Delete), without their ``DryRun``, to the real
+handler. CloudFormation's side is a local HTTPS endpoint that receives each response. For
+every key it prints the policy before and after, and which accounts each step grants.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main() -> int:
                 show_policy(f"{seeded.aliases[name]} before", policy(key))
             failures = 0
             for sample in ("create.json", "update.json", "delete.json"):
-                event = load_event(sample, seeded, cfn)
+                event = load_event(sample, seeded, cfn, dry_run=False)
                 app.lambda_handler(event, FakeLambdaContext())
                 response = cfn.response(event)
                 print(

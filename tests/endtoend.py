@@ -19,7 +19,7 @@ from moto.kms.models import kms_backends
 import app
 from localaws.cfn import CfnResponse, CloudFormation, FakeLambdaContext
 from localaws.proxy import FaultProxy, Predicate
-from localaws.seed import DEFAULT_STATEMENT, SeededOrg
+from localaws.seed import CONSENT_TAGS, DEFAULT_STATEMENT, SeededOrg
 from localaws.server import DEFAULT_REGION, MOTO_ACCOUNT_ID, LocalAws
 from orgkeypolicy import lifecycle
 from orgkeypolicy.settings import Deadline, Settings
@@ -103,7 +103,7 @@ def add_keys(aws: LocalAws, count: int, tag: str = "audit") -> dict[str, Policy]
     kms = aws.client("kms")
     created: dict[str, Policy] = {}
     for i in range(count):
-        arn = kms.create_key(Description=f"{tag} {i}")["KeyMetadata"]["Arn"]
+        arn = kms.create_key(Description=f"{tag} {i}", Tags=CONSENT_TAGS)["KeyMetadata"]["Arn"]
         document: Policy = {
             "Version": "2012-10-17",
             "Statement": [

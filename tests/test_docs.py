@@ -40,6 +40,7 @@ def test_site_builds_strictly_and_offline(tmp_path: Path) -> None:
     assert pages == {
         "reference",
         "deployment",
+        "rollout",
         "safety",
         "validation",
         "local",

@@ -1,7 +1,10 @@
 """Every sample request in events/ runs end to end against the local AWS.
 
-The samples are what users pass to ``sam local invoke -e``; here their example IDs are bound
-to a seeded organization and their ResponseURL to the local CloudFormation stand-in.
+The samples are what users pass to ``sam local invoke -e``, which acts on the real account of
+the caller's credentials: so every sample is DryRun, and each one runs here twice, as shipped
+(it reports what it would do and writes nothing) and with ``DryRun`` taken out (it does it).
+Their example IDs are bound to a seeded organization and their ResponseURL to the local
+CloudFormation stand-in.
 """
 
 from __future__ import annotations
@@ -61,47 +64,82 @@ def policies(aws: LocalAws, org: SeededOrg) -> dict[str, dict[str, Any]]:
 
 
 @pytest.mark.parametrize("name", sample_names())
-def test_every_sample_is_real_shaped(name: str) -> None:
+def test_every_sample_is_real_shaped_and_dry(name: str) -> None:
     event = json.loads((EVENTS / name).read_text())
     assert event.keys() >= REQUIRED
     assert event["ResourceType"] == "Custom::OrgKeyPolicy"
     assert event["ResponseURL"].startswith("https://")
     assert event["ResourceProperties"]["ServiceToken"] == event["ServiceToken"]
+    # The provider's ServiceToken is its alias, not the bare function.
+    assert event["ServiceToken"].endswith(":live")
     assert ("OldResourceProperties" in event) == (event["RequestType"] == "Update")
     assert ("PhysicalResourceId" in event) == (event["RequestType"] != "Create")
+    for properties in ("ResourceProperties", "OldResourceProperties"):
+        if properties in event:
+            assert event[properties]["DryRun"] == "true", properties
 
 
+def holding(aws: LocalAws, org: SeededOrg, prefix: str) -> list[str]:
+    """The demo keys that hold statements of the resource with this Sid prefix."""
+    return [
+        key
+        for key, doc in policies(aws, org).items()
+        if any(str(s.get("Sid", "")).startswith(prefix) for s in doc["Statement"])
+    ]
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["as-shipped", "without-DryRun"])
 def test_create_update_delete_samples_in_order(
-    aws: LocalAws, cfn: CloudFormation, demo_org: SeededOrg
+    aws: LocalAws, cfn: CloudFormation, demo_org: SeededOrg, dry_run: bool
 ) -> None:
-    responses = [send(cfn, load_event(name, demo_org, cfn)) for name in LIFECYCLE]
+    created, updated, deleted = responses = [
+        send(cfn, load_event(name, demo_org, cfn, dry_run=dry_run)) for name in LIFECYCLE
+    ]
     assert [r.status for r in responses] == ["SUCCESS"] * 3, [r.reason for r in responses]
     assert len({r.physical_id for r in responses}) == 1
-    created, updated, _ = responses
+    prefix = str(created.physical_id)
+    # Either way, each step reports the grant it makes (or would make).
     assert set(created.data["AccountIds"].split(",")) == demo_org.accounts_under("Workloads")
     assert set(updated.data["AccountIds"].split(",")) == (
         demo_org.accounts_under("Workloads") | demo_org.accounts_under("Sandbox")
     ) - {demo_org.accounts["prod-b"]}
+    assert created.data["DryRun"] == updated.data["DryRun"] == str(dry_run).lower()
+    assert deleted.data["StatementSid"] == prefix
     assert policies(aws, demo_org) == demo_org.original_policies
 
 
+def test_the_lifecycle_samples_write_only_without_dry_run(
+    aws: LocalAws, cfn: CloudFormation, demo_org: SeededOrg
+) -> None:
+    logs, data = demo_org.keys["logs"], demo_org.keys["data"]
+    steps = {}
+    for dry_run in (True, False):
+        for name in LIFECYCLE:
+            response = send(cfn, load_event(name, demo_org, cfn, dry_run=dry_run))
+            assert response.status == "SUCCESS", response.reason
+            steps[name, dry_run] = holding(aws, demo_org, str(response.physical_id))
+    assert steps["create.json", True] == steps["update.json", True] == []
+    assert sorted(steps["create.json", False]) == sorted([logs, data])
+    # The update drops alias/data-lake, and Delete takes the rest back.
+    assert steps["update.json", False] == [logs]
+    assert steps["delete.json", True] == steps["delete.json", False] == []
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["as-shipped", "without-DryRun"])
 @pytest.mark.parametrize("name", STANDALONE)
 def test_each_standalone_sample_then_its_delete(
-    aws: LocalAws, cfn: CloudFormation, demo_org: SeededOrg, name: str
+    aws: LocalAws, cfn: CloudFormation, demo_org: SeededOrg, name: str, dry_run: bool
 ) -> None:
-    event = load_event(name, demo_org, cfn)
+    event = load_event(name, demo_org, cfn, dry_run=dry_run)
     response = send(cfn, event)
     expected = "FAILED" if "invalid" in name else "SUCCESS"
     assert response.status == expected, response.reason
-    written = policies(aws, demo_org)
     prefix = str(response.physical_id)
-    dry_or_failed = expected == "FAILED" or event["ResourceProperties"].get("DryRun") == "true"
-    holding = [
-        key
-        for key, doc in written.items()
-        if any(str(s.get("Sid", "")).startswith(prefix) for s in doc["Statement"])
-    ]
-    assert (holding == []) == dry_or_failed, holding
+    written = holding(aws, demo_org, prefix)
+    assert (written == []) == (expected == "FAILED" or dry_run), written
+    if expected == "SUCCESS":
+        assert response.data["DryRun"] == str(dry_run).lower()
+        assert response.data["AccountCount"] != "0"
     delete = cfn.event(
         "Delete",
         event["ResourceProperties"],

@@ -13,7 +13,7 @@ import pytest
 
 import app
 from localaws.cfn import CfnResponse, CloudFormation, FakeLambdaContext
-from localaws.seed import SeededOrg
+from localaws.seed import CONSENT_TAGS, SeededOrg
 from localaws.server import LocalAws
 from orgkeypolicy import keypolicy
 from orgkeypolicy.statements import sid_prefix
@@ -272,9 +272,9 @@ def test_every_key_reference_form_resolves_to_one_key(
     arn = demo_org.keys["logs"]
     key_id = arn.split("/")[-1]
     alias_arn = f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/demo-logs"
-    west = aws.client("kms", "us-west-2").create_key(Description="replica-region key")[
-        "KeyMetadata"
-    ]["Arn"]
+    west = aws.client("kms", "us-west-2").create_key(
+        Description="replica-region key", Tags=CONSENT_TAGS
+    )["KeyMetadata"]["Arn"]
     props = {
         "KeyIds": [key_id, arn, "alias/demo-logs", alias_arn, west],
         "OrganizationalUnitIds": [demo_org.ous["Dev"]],
@@ -379,7 +379,7 @@ def test_fifty_keys_answer_within_the_response_limit(
     aws: LocalAws, cfn: CloudFormation, demo_org: SeededOrg
 ) -> None:
     kms = aws.client("kms")
-    keys = [kms.create_key()["KeyMetadata"]["Arn"] for _ in range(50)]
+    keys = [kms.create_key(Tags=CONSENT_TAGS)["KeyMetadata"]["Arn"] for _ in range(50)]
     response = run(
         cfn, cfn.event("Create", {"KeyIds": keys, "OrganizationalUnitIds": [demo_org.root_id]})
     )

@@ -26,8 +26,10 @@ from orgkeypolicy.properties import (
     USE_ACTIONS,
     PrincipalMode,
     Spec,
+    check_organizations_role,
     key_refs_leniently,
     parse_properties,
+    role_allowed,
 )
 
 KEY = "1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -104,6 +106,71 @@ def test_default_role_arn_applies_only_when_the_property_is_absent() -> None:
     # An empty string is the one way to say "no role" over a default (an If with "" in a template).
     empty = {**raw, "OrganizationsRoleArn": ""}
     assert parse_properties(empty, default_role_arn=ROLE_ARN).organizations_role_arn is None
+
+
+def role_check(raw: dict[str, Any], default: str | None, assumable: list[str]) -> Spec:
+    spec = parse_properties(raw, default_role_arn=default)
+    check_organizations_role(spec, default_role_arn=default, assumable_roles=assumable)
+    return spec
+
+
+def test_the_provider_may_assume_its_reader_role_and_the_roles_it_allows() -> None:
+    other = f"arn:aws:iam::{ACCOUNT}:role/path/Explicit"
+    raw = {"KeyIds": [KEY], "AccountIds": [MEMBER]}
+    assert role_check(raw, ROLE_ARN, []).organizations_role_arn == ROLE_ARN
+    assert role_check(raw, None, []).organizations_role_arn is None
+    explicit = {**raw, "OrganizationsRoleArn": other}
+    assert role_check(explicit, ROLE_ARN, [other]).organizations_role_arn == other
+    assert role_check(explicit, None, ["arn:aws:iam::*:role/path/*"]).organizations_role_arn
+    same = {**raw, "OrganizationsRoleArn": ROLE_ARN}
+    assert role_check(same, ROLE_ARN, []).organizations_role_arn == ROLE_ARN
+    # Without a reader role the provider reads the organization itself: "" asks for that.
+    assert role_check({**raw, "OrganizationsRoleArn": ""}, None, []).organizations_role_arn is None
+
+
+def test_an_empty_role_over_a_reader_role_is_refused() -> None:
+    # With a reader role, the provider's own role has no Organizations permissions.
+    raw = {"KeyIds": [KEY], "AccountIds": [MEMBER], "OrganizationsRoleArn": ""}
+    with pytest.raises(InvalidPropertyError) as info:
+        role_check(raw, ROLE_ARN, [])
+    assert info.value.prop == "OrganizationsRoleArn"
+    assert str(info.value).startswith("OrganizationsRoleArn: '' ")
+    assert "leave the property out" in str(info.value)
+
+
+@pytest.mark.parametrize("default", [None, ROLE_ARN])
+def test_a_role_outside_the_providers_list_is_refused(default: str | None) -> None:
+    other = "arn:aws:iam::222222222222:role/Elsewhere"
+    raw = {"KeyIds": [KEY], "AccountIds": [MEMBER], "OrganizationsRoleArn": other}
+    with pytest.raises(InvalidPropertyError) as info:
+        role_check(raw, default, ["arn:aws:iam::*:role/Reader*"])
+    reason = str(info.value)
+    assert reason == (
+        f"OrganizationsRoleArn: '{other}' is not a role this provider may assume; "
+        "add it to the provider's AllowedOrganizationsRoles or leave the property out"
+    )
+
+
+@pytest.mark.parametrize(
+    ("arn", "patterns", "allowed"),
+    [
+        ("arn:aws:iam::111111111111:role/Reader", ["arn:aws:iam::111111111111:role/Reader"], True),
+        ("arn:aws:iam::111111111111:role/Reader", ["arn:aws:iam::*:role/Reader"], True),
+        ("arn:aws:iam::111111111111:role/ReaderX", ["arn:aws:iam::*:role/Reader"], False),
+        ("arn:aws:iam::111111111111:role/path/Reader", ["arn:aws:iam::*:role/*Reader"], True),
+        ("arn:aws:iam::111111111111:role/Reader1", ["arn:aws:iam::*:role/Reader?"], True),
+        ("arn:aws:iam::111111111111:role/Reader12", ["arn:aws:iam::*:role/Reader?"], False),
+        # Case matters, and regex characters in a pattern are literal.
+        ("arn:aws:iam::111111111111:role/reader", ["arn:aws:iam::*:role/Reader"], False),
+        ("arn:aws:iam::111111111111:role/a+b", ["arn:aws:iam::*:role/a+b"], True),
+        ("arn:aws:iam::111111111111:role/aab", ["arn:aws:iam::*:role/a+b"], False),
+        ("arn:aws:iam::111111111111:role/Reader", [], False),
+    ],
+)
+def test_role_allowed_matches_like_an_iam_resource(
+    arn: str, patterns: list[str], allowed: bool
+) -> None:
+    assert role_allowed(arn, patterns) is allowed
 
 
 def test_a_malformed_default_role_arn_is_reported_under_the_property() -> None:

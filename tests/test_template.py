@@ -51,7 +51,10 @@ ORGANIZATIONS_READ = frozenset(
         "organizations:ListParents",
     }
 )
-KMS_ACTIONS = frozenset({"kms:DescribeKey", "kms:GetKeyPolicy", "kms:PutKeyPolicy"})
+# Looking keys up (resolving aliases, reading the consent tag), and reading and writing their
+# policies: only the second pair needs the key's consent.
+KMS_LOOKUP = frozenset({"kms:DescribeKey", "kms:ListResourceTags"})
+KMS_POLICY = frozenset({"kms:GetKeyPolicy", "kms:PutKeyPolicy"})
 ACCOUNT_KEYS = "arn:${AWS::Partition}:kms:*:${AWS::AccountId}:key/*"
 NO_VALUE = {"Ref": "AWS::NoValue"}
 POLICY_RESOURCE_TYPES = frozenset(
@@ -202,12 +205,14 @@ def _statements(template: dict[str, Any]) -> list[Statement]:
     """Every IAM statement of the template, in every combination of its conditions."""
     found: list[Statement] = []
 
-    def add(resource: str, trust: bool, document_node: Any, outer: tuple[Choice, ...] = ()) -> None:
-        for document, choices in _branches(document_node, outer):
+    def add(
+        resource: str, trust: bool, document_node: Any, choices: tuple[Choice, ...] = ()
+    ) -> None:
+        for document, chosen in _branches(document_node, choices):
             body = _document(document)
             listed = body["Statement"]
             for entry in listed if isinstance(listed, list) else [listed]:
-                for statement, more in _branches(entry, choices):
+                for statement, more in _branches(entry, chosen):
                     found.append(Statement(resource, trust, statement, more))
 
     for name, resource in template["Resources"].items():
@@ -216,8 +221,8 @@ def _statements(template: dict[str, Any]) -> list[Statement]:
             assert kind in POLICY_RESOURCE_TYPES, f"{name}: unchecked IAM resource type {kind}"
         if kind == "AWS::IAM::Role":
             add(name, True, props["AssumeRolePolicyDocument"])
-            # A policy of the list may itself be conditional (Fn::If).
             for entry in props.get("Policies", []):
+                # A whole inline policy may depend on a condition.
                 for policy, choices in _branches(entry):
                     add(name, False, policy["PolicyDocument"], choices)
         elif kind in POLICY_RESOURCE_TYPES:
@@ -306,14 +311,22 @@ def test_no_statement_allows_a_wildcard_action(all_statements: list[Statement]) 
             assert re.fullmatch(r"[a-z0-9-]+:[A-Za-z0-9]+", action), statement
 
 
-def test_no_managed_policies(
+def _attached(template: dict[str, Any], role: str) -> set[str]:
+    """The template's own managed policies attached to ``role``."""
+    arns = template["Resources"][role]["Properties"].get("ManagedPolicyArns", [])
+    return {arn["Ref"] for arn in arns}
+
+
+def test_no_aws_managed_policies(
     deployed_template: dict[str, Any], reader_template: dict[str, Any]
 ) -> None:
+    # Only policies this template defines (and the checks here read) may be attached.
     for template in (deployed_template, reader_template):
-        for name, resource in template["Resources"].items():
-            if resource["Type"] in {"AWS::IAM::Role", "AWS::IAM::ManagedPolicy"}:
-                assert "ManagedPolicyArns" not in resource.get("Properties", {}), name
-            assert resource["Type"] != "AWS::IAM::ManagedPolicy", name
+        resources = template["Resources"]
+        for name, resource in resources.items():
+            for arn in resource.get("Properties", {}).get("ManagedPolicyArns", []):
+                assert set(arn) == {"Ref"}, (name, arn)
+                assert resources[arn["Ref"]]["Type"] == "AWS::IAM::ManagedPolicy", (name, arn)
 
 
 def test_function_runs_with_the_templates_own_role(deployed_template: dict[str, Any]) -> None:
@@ -342,9 +355,11 @@ def test_function_role_grants_only_the_expected_services(
         "dynamodb",
         "access-analyzer",
     }
+    attached = _attached(deployed_template, FUNCTION_ROLE)
     for statement in permissions:
-        assert statement.resource == FUNCTION_ROLE or statement.body.get("Sid") == (
-            "WriteOwnLogGroup"
+        assert (
+            statement.resource in {FUNCTION_ROLE, *attached}
+            or statement.body.get("Sid") == "WriteOwnLogGroup"
         ), statement
 
 
@@ -416,33 +431,42 @@ def test_kms_limited_to_key_policy_actions_on_the_accounts_keys(
         s for s in _statements(deployed_template) if any(a.startswith("kms:") for a in s.actions)
     ]
     kms = everything
-    by_choice = {s.choices: s for s in kms}
-    assert len(by_choice) == len(kms) == 2, kms
+    assert {s.resource for s in kms} <= _attached(deployed_template, FUNCTION_ROLE)
     for statement in kms:
-        assert set(statement.actions) == KMS_ACTIONS, statement
+        assert set(statement.actions) in (KMS_LOOKUP, KMS_POLICY), statement
         assert statement.resources == [ACCOUNT_KEYS], statement
-
-    untagged = by_choice[(("HasKeyTag", False),)]
-    assert "Condition" not in untagged.body
-    tagged = by_choice[(("HasKeyTag", True),)]
-    assert tagged.body["Condition"] == {
+        if set(statement.actions) == KMS_LOOKUP:
+            # Resolving aliases and reading the consent tag: never conditioned.
+            assert "Condition" not in statement.body, statement
+    by_choice = {(s.choices, frozenset(s.actions)): s for s in kms}
+    assert len(by_choice) == len(kms) == 4, kms
+    off = by_choice[(("ConsentRequired", False),), KMS_POLICY]
+    assert "Condition" not in off.body
+    required = by_choice[(("ConsentRequired", True),), KMS_POLICY]
+    assert required.body["Condition"] == {
         "StringEquals": {"aws:ResourceTag/${KeyTagKey}": "${KeyTagValue}"}
     }
-    _condition_is_not_empty(deployed_template, "HasKeyTag", "KeyTagKey")
+    assert deployed_template["Conditions"]["ConsentRequired"] == {
+        "Fn::Equals": [{"Ref": "KeyConsent"}, "Required"]
+    }
 
 
-def test_key_tag_parameters_are_opt_in_and_json_safe(main_template: dict[str, Any]) -> None:
-    # The tagged policy is JSON text built by Fn::Sub: a quote or backslash in the tag
-    # would break it, so the parameter patterns must rule them out.
-    for name in ("KeyTagKey", "KeyTagValue"):
+def test_key_tag_parameters_default_to_consent_and_are_json_safe(
+    main_template: dict[str, Any],
+) -> None:
+    # The consent-guarded policy is JSON text built by Fn::Sub: a quote or backslash in the
+    # tag would break it, so the parameter patterns must rule them out.
+    assert main_template["Parameters"]["KeyConsent"]["Default"] == "Required"
+    defaults = {"KeyTagKey": "orgkeypolicy:share", "KeyTagValue": "enabled"}
+    for name, default in defaults.items():
         parameter = main_template["Parameters"][name]
-        assert parameter["Default"] == ""
+        assert parameter["Default"] == default
+        assert parameter["MinLength"] == 1
         pattern = re.compile(parameter["AllowedPattern"])
-        assert pattern.fullmatch("")
+        assert pattern.fullmatch(default)
         assert pattern.fullmatch("team:owner/key-policy=shared @x+y.z")
         for bad in ('a"b', "a\\b", "a\nb", "a{b}"):
             assert not pattern.fullmatch(bad), (name, bad)
-    assert "opt-in" in main_template["Parameters"]["KeyTagKey"]["Description"].lower()
 
 
 def test_assume_role_only_on_the_parameter_and_only_when_set(
@@ -453,11 +477,16 @@ def test_assume_role_only_on_the_parameter_and_only_when_set(
         for s in _statements(deployed_template)
         if not s.trust and any(a.startswith("sts:") for a in s.actions)
     ]
-    assert len(sts) == 1, sts
-    (statement,) = sts
-    assert statement.actions == ["sts:AssumeRole"]
-    assert statement.resources == ["${OrganizationsRoleArn}"]
-    assert statement.choices == (("HasOrganizationsRole", True),)
+    assert len(sts) == 2, sts
+    reader, allowed = sts
+    for statement in sts:
+        assert statement.actions == ["sts:AssumeRole"]
+        assert statement.choices[0] == ("AssumesReader", True)
+    assert reader.resources == ["${OrganizationsRoleArn}"]
+    assert reader.choices[1:] == (("HasOrganizationsRole", True),)
+    # The list parameter is the Resource list itself.
+    assert allowed.body["Resource"] == {"Ref": "AllowedOrganizationsRoles"}
+    assert allowed.choices[1:] == (("HasAllowedRoles", True),)
     _condition_is_not_empty(deployed_template, "HasOrganizationsRole", "OrganizationsRoleArn")
 
 
@@ -474,19 +503,18 @@ def test_organizations_role_parameter_accepts_empty_or_a_role_arn(
         assert not pattern.fullmatch(bad), bad
 
 
-def test_reader_role_trusts_only_the_function_role(reader_template: dict[str, Any]) -> None:
+def test_reader_role_trusts_the_function_role_when_named(reader_template: dict[str, Any]) -> None:
     statements = _statements(reader_template)
-    trust = [s for s in statements if s.trust]
+    trust = [s for s in statements if s.trust and s.choices == (("TrustsOneRole", True),)]
     assert len(trust) == 1, trust
     (statement,) = trust
     assert statement.resource == READER_ROLE
-    assert statement.choices == ()
     assert statement.body["Effect"] == "Allow"
     assert statement.actions == ["sts:AssumeRole"]
     assert statement.body["Principal"] == {"AWS": {"Ref": "FunctionRoleArn"}}
     assert "Condition" not in statement.body
     assert set(reader_template["Parameters"]["FunctionRoleArn"]) >= {"AllowedPattern"}
-    assert "Default" not in reader_template["Parameters"]["FunctionRoleArn"]
+    _condition_is_not_empty(reader_template, "TrustsOneRole", "FunctionRoleArn")
 
     permissions = [s for s in statements if not s.trust]
     assert {a for s in permissions for a in s.actions} == set(ORGANIZATIONS_READ)
@@ -520,6 +548,11 @@ def test_function_settings(main_template: dict[str, Any]) -> None:
         "VERIFY_DELAY_SECONDS": "1",
         "REGISTRY_TABLE": {"Ref": "RegistryTable"},
         "ACCESS_ANALYZER": {"Fn::If": ["ReviewsPolicies", "true", "false"]},
+        "ALLOWED_ORGANIZATIONS_ROLES": {"Fn::Join": [",", {"Ref": "AllowedOrganizationsRoles"}]},
+        "KEY_CONSENT": {"Ref": "KeyConsent"},
+        "KEY_CONSENT_TAG_KEY": {"Ref": "KeyTagKey"},
+        "KEY_CONSENT_TAG_VALUE": {"Ref": "KeyTagValue"},
+        "AWS_ENDPOINT_URL": "",
     }
     # A Lambda retry would run after CloudFormation had its answer and rolled back.
     assert props["EventInvokeConfig"] == {
@@ -561,9 +594,19 @@ def test_layer_settings(main_template: dict[str, Any]) -> None:
 
 def test_outputs(main_template: dict[str, Any]) -> None:
     outputs = main_template["Outputs"]
-    assert outputs["ServiceToken"]["Value"] == {"Fn::GetAtt": [FUNCTION, "Arn"]}
+    assert outputs["ServiceToken"]["Value"] == {
+        "Fn::If": [
+            "ExportsFunction",
+            {"Fn::GetAtt": [FUNCTION, "Arn"]},
+            {"Ref": f"{FUNCTION}.Alias"},
+        ]
+    }
     assert outputs["ServiceToken"]["Export"]["Name"] == {
-        "Fn::Sub": "${AWS::StackName}-ServiceToken"
+        "Fn::If": [
+            "HasExportName",
+            {"Ref": "ServiceTokenExportName"},
+            {"Fn::Sub": "${AWS::StackName}-ServiceToken"},
+        ]
     }
     assert outputs["FunctionRoleArn"]["Value"] == {"Fn::GetAtt": [FUNCTION_ROLE, "Arn"]}
 
@@ -604,7 +647,8 @@ def test_samconfig(main_template: dict[str, Any]) -> None:
     stack_names = set()
     for env in ("default", "prod"):
         deploy = config[env]["deploy"]["parameters"]
-        assert deploy["capabilities"] == "CAPABILITY_IAM"
+        # The function's role has a fixed name.
+        assert deploy["capabilities"] == "CAPABILITY_NAMED_IAM"
         assert deploy["confirm_changeset"] is True
         assert deploy["resolve_s3"] is True
         stack_names.add(

@@ -250,7 +250,8 @@ class Pacer:
 
 
 class KeyStore:
-    """DescribeKey, GetKeyPolicy, PutKeyPolicy and ListKeys, in whichever region a key lives."""
+    """DescribeKey, ListResourceTags, GetKeyPolicy, PutKeyPolicy and ListKeys, in whichever
+    region a key lives."""
 
     def __init__(self, session: boto3.Session, *, pool: int, write_rate: float = 10.0) -> None:
         self._session = session
@@ -326,6 +327,20 @@ class KeyStore:
             "kms:ListKeys",
         )
 
+    def tags(self, key: KeyInfo) -> dict[str, str]:
+        """The key's tags (ListResourceTags, paginated): the provider reads them to explain a
+        missing consent tag, so its role may call this on every key."""
+        return self._call(
+            key.arn,
+            key.region,
+            lambda kms: {
+                tag["TagKey"]: tag["TagValue"]
+                for page in kms.get_paginator("list_resource_tags").paginate(KeyId=key.arn)
+                for tag in page.get("Tags", [])
+            },
+            "kms:ListResourceTags",
+        )
+
     def read(self, key: KeyInfo) -> str:
         return self._call(
             key.arn,
@@ -360,6 +375,11 @@ def _unreachable(what: str, region: str, error: BaseException) -> KeyUnreachable
 def _cause_code(error: BaseException) -> str | None:
     cause = error.__cause__
     return error_code(cause) if isinstance(cause, ClientError) else None
+
+
+def is_denied(error: BaseException) -> bool:
+    """Whether KMS (or IAM in front of it) refused the call."""
+    return _cause_code(error) == "AccessDeniedException"
 
 
 def is_missing(error: BaseException) -> bool:

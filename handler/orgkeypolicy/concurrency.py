@@ -4,18 +4,42 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+Carrier = Callable[[], Callable[[], AbstractContextManager[object]]]
+"""Called in the thread that fans work out; returns what each worker thread enters around
+its share of the work. Tracing keeps its current segment per thread: the shell installs a
+carrier that hands the caller's segment to the workers (see :func:`carry_context`)."""
+
+_carrier: Carrier | None = None
+
+
+def carry_context(carrier: Carrier | None) -> None:
+    """Install (or, with ``None``, remove) the context carried into worker threads.
+
+    The core knows no tracer: ``handler/app.py`` installs one for X-Ray, so that the AWS calls
+    made in worker threads are recorded under the invocation instead of being lost.
+    """
+    global _carrier  # noqa: PLW0603 - one process-wide hook, set once by the shell
+    _carrier = carrier
 
 
 def fan_out(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
     """``fn`` over ``items`` on a bounded pool, results in order; the first error is raised."""
     if len(items) <= 1:
         return [fn(item) for item in items]
+    enter = _carrier() if _carrier else nullcontext
+
+    def carried(item: T) -> R:
+        with enter():
+            return fn(item)
+
     with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-        return list(pool.map(fn, items))
+        return list(pool.map(carried, items))
 
 
 def settle(fn: Callable[[T], object], items: Sequence[T], workers: int) -> list[Exception | None]:

@@ -17,19 +17,22 @@ from typing import Any
 
 import boto3
 
-from orgkeypolicy import planning
+from orgkeypolicy import __version__, planning
 from orgkeypolicy.analyzer import AccessAnalyzer, Gate
 from orgkeypolicy.aws import KeyInfo, KeyStore, OrganizationsDirectory, identity
 from orgkeypolicy.aws import organizations_session as reader_session
 from orgkeypolicy.errors import OrgKeyPolicyError
 from orgkeypolicy.locks import Leases
-from orgkeypolicy.properties import parse_properties
+from orgkeypolicy.properties import check_organizations_role, parse_properties
 from orgkeypolicy.registry import Record, Registry
 from orgkeypolicy.settings import Deadline, Settings
 from orgkeypolicy.statements import sid_prefix
 from orgkeypolicy.writing import Ledger, Writer, rolled_back, write_all
 
 logger = logging.getLogger(__name__)
+
+# The attribute naming the release that answered, so a stack can tell which one changed its keys.
+VERSION = "Version"
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,11 @@ def apply(
     """Create or Update: make every target key carry exactly the wanted statements."""
     prefix = request.sid_prefix
     spec = parse_properties(request.properties, default_role_arn=settings.default_role_arn)
+    check_organizations_role(
+        spec,
+        default_role_arn=settings.default_role_arn,
+        assumable_roles=settings.assumable_roles,
+    )
     me = identity(session)
     planning.check_refs(spec.key_refs, me)
     leases = deploy_leases(session, settings, request)
@@ -99,12 +107,21 @@ def apply(
         )
         lookup = planning.look_up(spec, reader, me.partition, settings.org_workers)
         targets = planning.resolve_targets(store, spec.key_refs, me, settings.key_workers)
+        planning.check_consent(store, targets, settings.key_consent, settings.key_workers)
         previous = [
             *planning.resolve_previous(store, request.old_properties, me, settings.key_workers),
             *recorded_keys(record),
         ]
         plan = planning.plan_resource(
-            spec, prefix, lookup, store, targets, previous, settings.key_workers
+            spec,
+            prefix,
+            lookup,
+            store,
+            targets,
+            previous,
+            settings.key_workers,
+            consent=settings.key_consent,
+            written=record.keys if record else (),
         )
         gate = Gate(AccessAnalyzer(session, pool=settings.key_workers))
         review = gate if settings.access_analyzer and not spec.dry_run else None
@@ -136,7 +153,8 @@ def apply(
         except OrgKeyPolicyError as error:
             # A grant the registry does not know would escape re-sync and verify: take it back.
             raise rolled_back(error, writer, ledger) from error
-    return Outcome(prefix, plan.data(), ledger.writes, len(lookup.selection.granted))
+    data = {**plan.data(), VERSION: __version__}
+    return Outcome(prefix, data, ledger.writes, len(lookup.selection.granted))
 
 
 def recorded_keys(record: Record | None) -> list[KeyInfo]:
@@ -171,7 +189,14 @@ def delete(
             *planning.resolve_previous(store, request.properties, me, settings.key_workers),
             *recorded_keys(record),
         ]
-        cleanups = planning.cleanups(prefix, store, keys, settings.key_workers)
+        cleanups = planning.cleanups(
+            prefix,
+            store,
+            keys,
+            settings.key_workers,
+            consent=settings.key_consent,
+            written=record.keys if record else (),
+        )
         writer = Writer(store, leases, settings)
         ledger = write_all(writer, cleanups, deadline)
         try:
@@ -181,4 +206,6 @@ def delete(
             # their grant, so that keys, record and stack agree until the Delete is retried.
             raise rolled_back(error, writer, ledger) from error
     arns = ",".join(plan.key.arn for plan in cleanups)
-    return Outcome(prefix, {"StatementSid": prefix, "KeyArns": arns}, ledger.writes)
+    return Outcome(
+        prefix, {"StatementSid": prefix, "KeyArns": arns, VERSION: __version__}, ledger.writes
+    )

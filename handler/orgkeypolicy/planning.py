@@ -9,12 +9,12 @@ policy. Every check runs before the first write.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orgkeypolicy import keypolicy
-from orgkeypolicy.aws import Identity, KeyInfo, KeyStore, is_missing
+from orgkeypolicy.aws import Identity, KeyInfo, KeyStore, is_denied, is_missing
 from orgkeypolicy.concurrency import fan_out
 from orgkeypolicy.errors import (
     InvalidPropertyError,
@@ -25,6 +25,7 @@ from orgkeypolicy.errors import (
 from orgkeypolicy.identifiers import KeyRef
 from orgkeypolicy.organization import Account, Reader, Selection, Subtree, select_accounts, walk
 from orgkeypolicy.properties import KEY_IDS, PrincipalMode, Spec, key_refs_leniently
+from orgkeypolicy.settings import KeyConsent
 from orgkeypolicy.statements import Grantees, Statement, build_statements, digest
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,39 @@ def resolve_targets(
             )
         keys.setdefault(key.arn, key)
     return list(keys.values())
+
+
+def check_consent(
+    store: KeyStore, keys: Sequence[KeyInfo], consent: KeyConsent | None, workers: int
+) -> None:
+    """Refuse, before any key policy is read, a key that does not carry the consent tag.
+
+    The provider's IAM role refuses the same keys (``aws:ResourceTag`` on GetKeyPolicy and
+    PutKeyPolicy); this check turns that AccessDenied into a reason naming the key, the tag
+    and the command that gives consent. Only the keys a resource grants are checked: taking
+    statements off a key is never refused here.
+    """
+    if consent is None:
+        return
+    for key, tags in zip(keys, fan_out(store.tags, keys, workers), strict=True):
+        if not consent.given(tags):
+            raise InvalidPropertyError(
+                KEY_IDS,
+                _short_ref(key),
+                f"lacks the consent tag {consent.tag}",
+                f"tag it: {_tag_command(consent, key)}",
+            )
+
+
+def _short_ref(key: KeyInfo) -> str:
+    # The command names the key ID: an ARN or a long alias is shown by that ID, so that the
+    # whole command fits in the reason.
+    text = key.ref.text
+    return key.arn.rsplit("/", 1)[-1] if text.startswith("arn:") or len(text) > 40 else text
+
+
+def _tag_command(consent: KeyConsent, key: KeyInfo) -> str:
+    return consent.command(key.arn.rsplit("/", 1)[-1], key.region)
 
 
 def resolve_previous(
@@ -229,6 +263,9 @@ def plan_resource(
     targets: Sequence[KeyInfo],
     previous: Sequence[KeyInfo],
     workers: int,
+    *,
+    consent: KeyConsent | None = None,
+    written: Collection[str] = (),
 ) -> Plan:
     """Read every key's policy and compute what this resource wants on it.
 
@@ -236,7 +273,8 @@ def plan_resource(
     keys, the registry's record): those no longer among ``targets`` are emptied of its
     statements. A target pending deletion is refused, unless this resource already holds
     statements on it: then it is left as it is, so that a key scheduled for deletion after a
-    deploy never blocks an Update or CloudFormation's rollback.
+    deploy never blocks an Update or CloudFormation's rollback. ``consent`` and ``written``
+    are as in :func:`cleanups`.
     """
     deployed = {key.arn for key in previous}
     befores = fan_out(lambda key: _read(store, key), targets, workers)
@@ -260,14 +298,52 @@ def plan_resource(
         plans.append(plan)
     known = {key.arn for key in targets}
     dropped = [key for key in previous if key.arn not in known]
-    return Plan(prefix, spec, lookup, plans, cleanups(prefix, store, dropped, workers))
+    emptied = cleanups(prefix, store, dropped, workers, consent=consent, written=written)
+    return Plan(prefix, spec, lookup, plans, emptied)
 
 
-def cleanups(prefix: str, store: KeyStore, keys: Sequence[KeyInfo], workers: int) -> list[KeyPlan]:
+def cleanups(
+    prefix: str,
+    store: KeyStore,
+    keys: Sequence[KeyInfo],
+    workers: int,
+    *,
+    consent: KeyConsent | None = None,
+    written: Collection[str] = (),
+) -> list[KeyPlan]:
     """Plans that empty ``keys`` (one each) of this resource's statements; a key that is gone
-    or pending deletion and unreadable has nothing left to remove."""
+    or pending deletion and unreadable has nothing left to remove.
+
+    With ``consent``, a key whose policy the provider may not read because it lacks the tag
+    is passed over when this resource never wrote it (a Create refused for that key, then
+    its Delete), and is an error naming the fix when it is among the ``written`` key ARNs:
+    its statements stay until the tag is back.
+    """
     unique = list({key.arn: key for key in keys}.values())
-    befores = fan_out(lambda key: _read(store, key), unique, workers)
+
+    def read(key: KeyInfo) -> keypolicy.Policy | None:
+        try:
+            return _read(store, key)
+        except KeyAccessError as error:
+            if consent is None or not is_denied(error) or consent.given(store.tags(key)):
+                raise
+            if key.arn in written:
+                logger.warning(
+                    "Key lost its consent tag and still holds this resource's statements",
+                    extra={"key": key.arn, "tag": consent.tag},
+                )
+                raise KeyAccessError(
+                    "This resource's statements stay on a key that lost its consent tag; "
+                    f"to remove them, tag it again: {_tag_command(consent, key)}"
+                ) from error
+            logger.warning(
+                "Key passed over: it lacks the consent tag and this resource's record holds "
+                "no write to it",
+                extra={"key": key.arn, "tag": consent.tag},
+            )
+            return None
+
+    befores = fan_out(read, unique, workers)
     return [
         KeyPlan(key, prefix, before, [])
         for key, before in zip(unique, befores, strict=True)

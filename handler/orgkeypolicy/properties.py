@@ -190,6 +190,49 @@ def parse_properties(raw: object, *, default_role_arn: str | None = None) -> Spe
     )
 
 
+def check_organizations_role(
+    spec: Spec, *, default_role_arn: str | None, assumable_roles: Sequence[str]
+) -> None:
+    """Refuse an ``OrganizationsRoleArn`` the provider may not assume.
+
+    ``default_role_arn`` is the provider's reader role, used when the property is absent;
+    ``assumable_roles`` (IAM wildcards allowed) are the other roles the property may name. The
+    provider's IAM policy allows assuming exactly these, and lets the function read the
+    organization itself only when it has no reader role: anything else would fail later as an
+    AccessDenied that names neither the property nor the fix.
+    """
+    role_arn = spec.organizations_role_arn
+    if role_arn is None and default_role_arn:
+        raise InvalidPropertyError(
+            ORGANIZATIONS_ROLE_ARN,
+            "",
+            "asks for the provider's own role, which may not read the organization",
+            "leave the property out to use the provider's reader role",
+        )
+    if (
+        role_arn is not None
+        and role_arn != default_role_arn
+        and not role_allowed(role_arn, assumable_roles)
+    ):
+        raise InvalidPropertyError(
+            ORGANIZATIONS_ROLE_ARN,
+            role_arn,
+            "is not a role this provider may assume",
+            "add it to the provider's AllowedOrganizationsRoles or leave the property out",
+        )
+
+
+def role_allowed(arn: str, patterns: Sequence[str]) -> bool:
+    """Whether ``arn`` matches one of ``patterns`` as an IAM policy's Resource would: ``*``
+    stands for any run of characters, ``?`` for one, and case matters."""
+    return any(_wildcard(pattern).fullmatch(arn) for pattern in patterns)
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    parts = (".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern)
+    return re.compile("".join(parts), re.DOTALL)
+
+
 def key_refs_leniently(raw: object) -> tuple[KeyRef, ...]:
     """The well-formed ``KeyIds`` entries of properties that may be invalid as a whole.
 

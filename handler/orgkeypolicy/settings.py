@@ -8,9 +8,50 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from orgkeypolicy.errors import DeadlineExceededError
+
+# The tag a key carries to consent to this provider changing its policy, unless the
+# deployer names another (KEY_CONSENT_TAG_KEY / KEY_CONSENT_TAG_VALUE).
+CONSENT_TAG_KEY = "orgkeypolicy:share"
+CONSENT_TAG_VALUE = "enabled"
+
+
+@dataclass(frozen=True)
+class KeyConsent:
+    """The tag a key must carry before this provider writes statements into its policy.
+
+    Whoever can deploy a stack in the account can use the provider's ServiceToken; the tag,
+    set by whoever administers the key, is the key's own consent to being shared. The
+    provider's IAM role carries the same condition, so the function's check only explains a
+    refusal that IAM would make anyway.
+    """
+
+    tag_key: str = CONSENT_TAG_KEY
+    tag_value: str = CONSENT_TAG_VALUE
+
+    def given(self, tags: dict[str, str]) -> bool:
+        return tags.get(self.tag_key) == self.tag_value
+
+    @property
+    def tag(self) -> str:
+        return f"{self.tag_key}={self.tag_value}"
+
+    def command(self, key_id: str, region: str) -> str:
+        """The AWS CLI command that gives a key this consent."""
+        return (
+            f"aws kms tag-resource --key-id {key_id} "
+            f"--tags TagKey={self.tag_key},TagValue={self.tag_value} --region {region}"
+        )
+
+
+def consent_from(mode: str | None, tag_key: str | None, tag_value: str | None) -> KeyConsent | None:
+    """The consent rule of the provider's environment: ``Off`` turns it off; anything else,
+    a missing or mistyped value included, keeps it on (a typo must not share every key)."""
+    if (mode or "").strip().lower() == "off":
+        return None
+    return KeyConsent(tag_key or CONSENT_TAG_KEY, tag_value or CONSENT_TAG_VALUE)
 
 
 @dataclass(frozen=True)
@@ -30,6 +71,11 @@ class Settings:
     default_role_arn: str | None = None
     # The DynamoDB table of the registry, which also holds the write locks.
     registry_table: str | None = None
+    # None: every customer managed key of the account may be changed (KeyConsent: Off).
+    key_consent: KeyConsent | None = field(default_factory=KeyConsent)
+    # Role ARNs (IAM wildcards * and ? allowed) that a resource's OrganizationsRoleArn may name
+    # besides default_role_arn; the provider's IAM policy allows assuming exactly these.
+    assumable_roles: tuple[str, ...] = ()
     # IAM Access Analyzer's review of every policy before it is written.
     access_analyzer: bool = True
 
@@ -43,6 +89,16 @@ class Settings:
             write_rate=float(env.get("KMS_WRITE_RATE", cls.write_rate)),
             default_role_arn=env.get("ORGANIZATIONS_ROLE_ARN") or None,
             registry_table=env.get("REGISTRY_TABLE") or None,
+            key_consent=consent_from(
+                env.get("KEY_CONSENT"),
+                env.get("KEY_CONSENT_TAG_KEY"),
+                env.get("KEY_CONSENT_TAG_VALUE"),
+            ),
+            assumable_roles=tuple(
+                arn.strip()
+                for arn in env.get("ALLOWED_ORGANIZATIONS_ROLES", "").split(",")
+                if arn.strip()
+            ),
             access_analyzer=env.get("ACCESS_ANALYZER", "true").lower() != "false",
         )
 

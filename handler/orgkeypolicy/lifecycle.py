@@ -96,17 +96,10 @@ def apply(
             me.partition,
             pool=settings.org_workers,
         )
-        lookup = planning.look_up(spec, reader, me.partition, settings.org_workers)
-        targets = planning.resolve_targets(store, spec.key_refs, me, settings.key_workers)
-        previous = [
-            *planning.resolve_previous(store, request.old_properties, me, settings.key_workers),
-            *recorded_keys(record),
-        ]
-        plan = planning.plan_resource(
-            spec, prefix, lookup, store, targets, previous, settings.key_workers
+        plan = planning.prepare(
+            spec, prefix, reader, store, me, request.old_properties, recorded_keys(record), settings
         )
-        planning.check(plan)
-        planning.log_selection(lookup.selection)
+        planning.log_access(plan)
         writer = Writer(store, leases, settings)
         ledger = Ledger()
         if spec.dry_run:
@@ -136,7 +129,7 @@ def apply(
             raise OrgKeyPolicyError(
                 f"{error}; {'NOT ' if unrestored else ''}restored {len(ledger.attempted)} keys"
             ) from error
-    return Outcome(prefix, plan.data(), ledger.writes, len(lookup.selection.granted))
+    return Outcome(prefix, plan.data(), ledger.writes, len(plan.lookup.selection.granted))
 
 
 def recorded_keys(record: Record | None) -> list[KeyInfo]:

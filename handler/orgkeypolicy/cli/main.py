@@ -10,6 +10,8 @@ import click
 
 from orgkeypolicy import __version__
 from orgkeypolicy.cli.output import PROG, ExitCode, reported, setup_logging
+from orgkeypolicy.cli.plan import plan
+from orgkeypolicy.cli.simulate import simulate
 
 
 @dataclass
@@ -75,6 +77,11 @@ def cli(ctx: click.Context, debug: bool, region: str | None, profile: str | None
     setup_logging(debug=debug)
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
+
+
+# Commands, one line each.
+cli.add_command(plan)
+cli.add_command(simulate)
 
 
 def main() -> None:

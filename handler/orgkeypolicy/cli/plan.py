@@ -9,7 +9,9 @@ after), and IAM Access Analyzer's findings.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,6 +205,21 @@ def key_report(
 
 # --- IAM Access Analyzer ----------------------------------------------------------------------
 
+# The review logs every finding for the function's log; the plan shows them itself.
+ANALYZER_LOG = "orgkeypolicy.analyzer"
+
+
+@contextmanager
+def _quiet(name: str, *, unless: bool) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    if not unless:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
 
 def _finding(finding: Finding, blocking: bool) -> dict[str, Any]:
     return {
@@ -337,7 +354,8 @@ def make_plan(
     blocking = None
     if analyzer:
         service = AccessAnalyzer(session, pool=4)
-        reasons = [review(service, report) for report in reports if not report.plan.skipped]
+        with _quiet(ANALYZER_LOG, unless=state.debug):
+            reasons = [review(service, report) for report in reports if not report.plan.skipped]
         blocking = next((reason for reason in reasons if reason), None)
     given = {key.lower() for key in context}
     absent = tuple(k for k in access.request_keys(statements) if k.lower() not in given)

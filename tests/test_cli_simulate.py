@@ -115,6 +115,9 @@ def test_principals_file_json(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["key_arn"] is None
     assert json.loads(result.stdout)["unsupported"] == []
     assert len(found) == 9
+    # One decision per line, each as json.dumps writes it.
+    rows = [line.strip().rstrip(",") for line in result.stdout.splitlines()[3:12]]
+    assert rows == [json.dumps(decision) for decision in found.values()]
     app = "arn:aws:iam::111122223333:role/app"
     assert found[(app, "kms:Decrypt")] == {
         "principal": app,

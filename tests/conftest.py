@@ -34,6 +34,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.update(aws_environment(UNREACHABLE_ENDPOINT))
     # The handler module reads its settings when imported, before any fixture runs.
     os.environ["REGISTRY_TABLE"] = REGISTRY_TABLE
+    # moto has no Access Analyzer, and botocore retries its HTTP 500 answers for seconds per
+    # request; the review is on in the tests about it (test_analyzer_gate.py).
+    os.environ["ACCESS_ANALYZER"] = "false"
 
 
 @pytest.fixture(scope="session")

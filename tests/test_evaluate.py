@@ -133,6 +133,22 @@ def test_condition_key_names_ignore_case_on_both_sides() -> None:
     assert decide(document, tagged).decision is Decision.ALLOW
 
 
+def test_keys_named_unknown_make_their_conditions_undecidable_not_false() -> None:
+    org = "o-abcdefghij"
+    document = policy(
+        allow({"StringEquals": {"aws:PrincipalOrgID": org}}, Sid="Org"),
+        allow({"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": f"{org}/*"}}, Sid="Paths"),
+    )
+    member = Principal(ROLE.arn, org_id=org, unknown=("AWS:PrincipalOrgPaths",))
+    assert decide(document, member).decision is Decision.ALLOW
+    unknown_paths = decide(document, Principal(ROLE.arn, unknown=("aws:PrincipalOrgID",)))
+    assert unknown_paths.decision is Decision.UNKNOWN
+    assert any("aws:PrincipalOrgID" in reason for reason in unknown_paths.unsupported)
+    assert decide(document, Principal(ROLE.arn)).decision is Decision.IMPLICIT_DENY
+    with pytest.raises(TypeError, match="tuple of keys"):
+        Principal(ROLE.arn, unknown="aws:PrincipalOrgID")  # type: ignore[arg-type]
+
+
 def test_a_key_given_twice_in_a_block_is_unknown_not_a_pick() -> None:
     document = policy(allow({"StringEquals": {"example:k": "a", "EXAMPLE:K": "b"}}))
     for value in ("a", "b", "c"):

@@ -225,7 +225,7 @@ class KeyInfo:
         return cls(ref, arn, parts[4], parts[3], state="Unknown", manager="CUSTOMER")
 
 
-class _Pacer:
+class Pacer:
     """Spaces calls to at most ``rate`` per second per region, with a burst of ``rate``.
 
     A token bucket: a deploy's few writes go out at once, while a re-sync of hundreds of keys
@@ -257,7 +257,7 @@ class KeyStore:
         self.pool = pool
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._pacer = _Pacer(write_rate)
+        self._pacer = Pacer(write_rate)
 
     def _client(self, region: str | None) -> Any:
         region = region or self._session.region_name or "us-east-1"

@@ -30,6 +30,9 @@ from orgkeypolicy.statements import Grantees, Statement, build_statements, diges
 
 logger = logging.getLogger(__name__)
 
+PolicyReview = Callable[["KeyPlan", keypolicy.Policy], None]
+"""A last look at a policy about to be written (Access Analyzer); raises to stop the write."""
+
 
 # --- The organization -------------------------------------------------------------------------
 
@@ -299,8 +302,9 @@ def _plan_key(
     return KeyPlan(key, prefix, before, build_statements(spec, prefix, grantees, mode), mode)
 
 
-def check(plan: Plan) -> None:
-    """Every check that must pass before the first write, naming the key and the fix."""
+def check(plan: Plan, review: PolicyReview | None = None) -> None:
+    """Every check that must pass before the first write, naming the key and the fix; then
+    ``review`` (Access Analyzer) of every policy that gains statements."""
     accounts = len(plan.lookup.selection.granted)
     for key_plan in plan.writes:
         problems = keypolicy.unsafe_reasons(key_plan.wanted)
@@ -309,6 +313,12 @@ def check(plan: Plan) -> None:
         after = key_plan.after()
         keypolicy.check_variables(after, key_plan.key.arn, key_plan.wanted)
         keypolicy.check_size(after, key_plan.key.arn, accounts)
+    if review is not None:
+        fan_out(
+            lambda key_plan: review(key_plan, key_plan.after()),
+            [key_plan for key_plan in plan.writes if key_plan.wanted and key_plan.changed],
+            len(plan.writes) or 1,
+        )
 
 
 def prepare(
@@ -320,9 +330,11 @@ def prepare(
     previous_properties: Mapping[str, Any] | None,
     recorded: Sequence[KeyInfo],
     settings: Settings,
+    review: PolicyReview | None = None,
 ) -> Plan:
     """The checked plan of a Create or Update: the organization looked up, the keys resolved,
-    every key's policy read and merged, every check passed. Writes nothing.
+    every key's policy read and merged, every check passed (and ``review``, see
+    :func:`check`). Writes nothing.
 
     ``previous_properties`` are the properties deployed before (an Update's old ones) and
     ``recorded`` the keys the registry says this resource wrote: the keys of either that are
@@ -335,7 +347,7 @@ def prepare(
         *recorded,
     ]
     plan = plan_resource(spec, prefix, lookup, store, targets, previous, settings.key_workers)
-    check(plan)
+    check(plan, review)
     return plan
 
 

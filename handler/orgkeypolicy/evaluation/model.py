@@ -223,12 +223,15 @@ class Principal:
     with its organization and any extra context keys (``aws:PrincipalTag/...``, say) its
     requests carry. Keys derived from the ARN (``aws:PrincipalArn``, ``aws:PrincipalAccount``,
     ``kms:CallerAccount``, ``aws:PrincipalType``, ``aws:userid``, ``aws:username``) come first;
-    ``context`` overrides them, for a session's role ARN with its path, say."""
+    ``context`` overrides them, for a session's role ARN with its path, say. ``unknown`` names
+    keys the request carries whose values are not known here (the OU path of an account whose
+    organization cannot be read): conditions on them are undecidable, not false."""
 
     arn: str
     org_id: str | None = None
     org_paths: tuple[str, ...] = ()
     context: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    unknown: tuple[str, ...] = ()
     identity: Identity = field(init=False, repr=False, compare=False)
     request_context: Mapping[str, ContextValues] = field(init=False, repr=False, compare=False)
 
@@ -243,6 +246,9 @@ class Principal:
             derived["aws:principalorgid"] = (self.org_id,)
         if self.org_paths:
             derived["aws:principalorgpaths"] = tuple(self.org_paths)
+        if isinstance(self.unknown, str):
+            raise TypeError(f"principal {self.arn}: unknown is a tuple of keys, not a string")
+        derived.update(dict.fromkeys((key.lower() for key in self.unknown), None))
         derived.update(normalise_context(self.context, f"principal {self.arn}"))
         object.__setattr__(self, "identity", identity)
         object.__setattr__(self, "request_context", derived)

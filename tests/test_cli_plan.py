@@ -777,3 +777,17 @@ def test_the_plan_is_what_a_create_writes(
     finally:
         for key, policy in demo_org.original_policies.items():
             aws.kms().put_key_policy(KeyId=key, PolicyName="default", Policy=json.dumps(policy))
+
+
+def test_access_analyzer_reviews_what_the_function_reviews(
+    analyzer: Stubber, cfn: CloudFormation, demo_org: SeededOrg, consumer: Consumer, tmp_path: Path
+) -> None:
+    # The stub has no answer queued: a key reviewed here would fail the command.
+    props = {"KeyIds": ["alias/demo-logs"], "AccountIds": [demo_org.accounts["dev-a"]]}
+    event = cfn.event("Create", props, logical_id="Share", stack_id=consumer.stack_id)
+    assert run(cfn, event).status == "SUCCESS"
+    path = write(tmp_path, "props.json", props)
+    args = ["--properties", path, "--stack-id", consumer.stack_id, "--logical-id", "Share"]
+    result = invoke("plan", *args, "--access-analyzer", "--json")
+    assert result.exit_code == ExitCode.OK, result.stderr
+    assert [k["access_analyzer"] for k in json.loads(result.stdout)["keys"]] == [None]

@@ -235,34 +235,32 @@ def _finding(finding: Finding, blocking: bool) -> dict[str, Any]:
 
 
 def review(analyzer: AccessAnalyzer, report: KeyReport) -> str | None:
-    """Access Analyzer's findings on the merged policy, into ``report``; the reason it would
-    refuse the write, if any. CheckNoNewAccess runs on a changed key only: its reasons say
-    where the change grants access the policy did not grant before."""
+    """Access Analyzer's findings on the merged policy, into ``report``, and the reason the
+    function's review would refuse the write, if any; CheckNoNewAccess's reasons say where the
+    change grants access the policy did not grant before."""
     plan, after = report.plan, report.after
     result = analyzer.review(plan.key.arn, after, plan.prefix)
     report.findings = [_finding(f, f in result.blocking) for f in result.findings]
-    new_access = None
-    if plan.changed:
-        answer = analyzer.check_no_new_access(plan.key.arn, after, plan.before)
-        new_access = None if answer is None else str(answer.get("result"))
-        statements = keypolicy.parse(keypolicy.serialize(after))["Statement"]
-        for reason in (answer or {}).get("reasons", []) if new_access == "FAIL" else []:
-            index = reason.get("statementIndex")
-            statement = statements[index] if isinstance(index, int) else {}
-            report.findings.append(
-                {
-                    "finding_type": "NEW_ACCESS",
-                    "issue_code": "CheckNoNewAccess",
-                    "detail": str(reason.get("description", "")),
-                    "statement_index": index,
-                    "sid": statement.get("Sid", reason.get("statementId")),
-                    "ours": keypolicy.owns(statement, plan.prefix),
-                    "blocking": False,
-                    "learn_more": None,
-                }
-            )
+    answer = analyzer.check_no_new_access(plan.key.arn, after, plan.before)
+    new_access = None if answer is None else str(answer.get("result"))
+    statements = keypolicy.parse(keypolicy.serialize(after))["Statement"]
+    for reason in (answer or {}).get("reasons", []) if new_access == "FAIL" else []:
+        index = reason.get("statementIndex")
+        statement = statements[index] if isinstance(index, int) else {}
+        report.findings.append(
+            {
+                "finding_type": "NEW_ACCESS",
+                "issue_code": "CheckNoNewAccess",
+                "detail": str(reason.get("description", "")),
+                "statement_index": index,
+                "sid": statement.get("Sid", reason.get("statementId")),
+                "ours": keypolicy.owns(statement, plan.prefix),
+                "blocking": False,
+                "learn_more": None,
+            }
+        )
     causes = [result.cause] if result.cause else []
-    if plan.changed and new_access is None:
+    if new_access is None:
         causes.append("CheckNoNewAccess did not answer")
     report.analyzer = {
         "available": not causes,
@@ -354,9 +352,13 @@ def make_plan(
     blocking = None
     if analyzer:
         service = AccessAnalyzer(session, pool=4)
+        # The keys the function's review looks at: those gaining or changing statements
+        # (removals and put-backs are never reviewed), and none on a DryRun.
+        reviewed = [report for report in reports if report.plan.wanted and report.plan.changed]
         with _quiet(ANALYZER_LOG, unless=state.debug):
-            reasons = [review(service, report) for report in reports if not report.plan.skipped]
-        blocking = next((reason for reason in reasons if reason), None)
+            reasons = [review(service, report) for report in reviewed]
+        if not spec.dry_run:
+            blocking = next((reason for reason in reasons if reason), None)
     given = {key.lower() for key in context}
     absent = tuple(k for k in access.request_keys(statements) if k.lower() not in given)
     return PlanReport(

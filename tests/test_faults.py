@@ -600,21 +600,42 @@ def test_a_create_naming_a_key_pending_deletion_fails_before_any_write(
     assert "pending deletion" in str(failed.reason).lower()
 
 
-def test_an_update_dropping_a_key_pending_deletion_succeeds(
-    aws: LocalAws, cfn: CloudFormation, demo_org: SeededOrg, fault_proxy: FaultProxy
+@pytest.mark.parametrize("doomed_key", ["dropped", "kept"])
+def test_a_deployed_key_scheduled_for_deletion_never_blocks_an_update_or_its_rollback(
+    aws: LocalAws,
+    cfn: CloudFormation,
+    demo_org: SeededOrg,
+    fault_proxy: FaultProxy,
+    doomed_key: str,
 ) -> None:
-    healthy, pending = list(add_keys(aws, 2))
-    old = {"KeyIds": [healthy, pending], "OrganizationalUnitIds": [demo_org.ous["Dev"]]}
+    healthy, doomed = list(add_keys(aws, 2))
+    old = {"KeyIds": [healthy, doomed], "OrganizationalUnitIds": [demo_org.ous["Dev"]]}
     created = run(cfn, cfn.event("Create", old))
     assert created.status == "SUCCESS", created.reason
     prefix = str(created.physical_id)
-    schedule_deletion(aws, fault_proxy, pending)
-    new = {"KeyIds": [healthy], "OrganizationalUnitIds": [demo_org.ous["Sandbox"]]}
+    schedule_deletion(aws, fault_proxy, doomed)
+    doomed_policy = read_policy(aws, doomed)
+    kept = [doomed] if doomed_key == "kept" else []
+    new = {"KeyIds": [healthy, *kept], "OrganizationalUnitIds": [demo_org.ous["Sandbox"]]}
+    writes = fault_proxy.count("kms:PutKeyPolicy", forwarded=True)
 
     updated = run(cfn, cfn.event("Update", new, old_properties=old, physical_id=prefix))
 
-    assert granted(read_policy(aws, healthy), prefix) == names(demo_org, "sbx-a")
     assert updated.status == "SUCCESS", updated.reason
+    assert granted(read_policy(aws, healthy), prefix) == names(demo_org, "sbx-a")
+    # KMS refuses its new policy; a kept key is not even tried: it is left as it was.
+    assert read_policy(aws, doomed) == doomed_policy
+    if doomed_key == "kept":
+        assert fault_proxy.count("kms:PutKeyPolicy", forwarded=True) == writes + 1
+    # CloudFormation's rollback: the old properties as new, the failed ones as old.
+    rollback = run(cfn, cfn.event("Update", old, old_properties=new, physical_id=prefix))
+    assert rollback.status == "SUCCESS", rollback.reason
+    assert granted(read_policy(aws, healthy), prefix) == names(demo_org, "dev-a")
+
+    # A key newly named while pending deletion is still refused before any write.
+    another = run(cfn, cfn.event("Create", old, logical_id="Newcomer"))
+    assert another.status == "FAILED"
+    assert "pending deletion" in str(another.reason) and key_id(doomed) in str(another.reason)
 
 
 @pytest.mark.parametrize("then", ["Update", "Delete", "Delete after the alias is deleted"])

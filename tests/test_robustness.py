@@ -42,7 +42,6 @@ from tests.endtoend import (
     policies,
     read_policy,
     run,
-    schedule_deletion,
 )
 
 pytestmark = pytest.mark.usefixtures("fast_verify", "checked_writes")
@@ -203,36 +202,6 @@ def test_the_rollback_of_an_update_naming_an_unreachable_region_succeeds(
 
     assert rollback.status == "SUCCESS", rollback.reason
     assert policies(aws, keys) == at_create
-
-
-def test_a_deployed_key_scheduled_for_deletion_never_blocks_an_update_or_its_rollback(
-    aws: LocalAws, cfn: CloudFormation, demo_org: SeededOrg, fault_proxy: FaultProxy
-) -> None:
-    healthy, doomed = list(add_keys(aws, 2))
-    old = {"KeyIds": [healthy, doomed], "OrganizationalUnitIds": [demo_org.ous["Dev"]]}
-    created = run(cfn, cfn.event("Create", old))
-    assert created.status == "SUCCESS", created.reason
-    prefix = str(created.physical_id)
-    schedule_deletion(aws, fault_proxy, doomed)
-    doomed_policy = read_policy(aws, doomed)
-    new = {**old, "OrganizationalUnitIds": [demo_org.ous["Sandbox"]]}
-    writes = fault_proxy.count("kms:PutKeyPolicy")
-
-    updated = run(cfn, cfn.event("Update", new, old_properties=old, physical_id=prefix))
-
-    assert updated.status == "SUCCESS", updated.reason
-    assert granted(read_policy(aws, healthy), prefix) == names(demo_org, "sbx-a")
-    # Left as it was, and not even tried: KMS would refuse it.
-    assert read_policy(aws, doomed) == doomed_policy
-    assert fault_proxy.count("kms:PutKeyPolicy") == writes + 1
-    rollback = run(cfn, cfn.event("Update", old, old_properties=new, physical_id=prefix))
-    assert rollback.status == "SUCCESS", rollback.reason
-    assert granted(read_policy(aws, healthy), prefix) == names(demo_org, "dev-a")
-
-    # A key newly named while pending deletion is still refused before any write.
-    another = run(cfn, cfn.event("Create", old, logical_id="Newcomer"))
-    assert another.status == "FAILED"
-    assert "pending deletion" in str(another.reason) and key_id(doomed) in str(another.reason)
 
 
 @pytest.mark.parametrize("where", ["named", "named before an alias moved"])

@@ -133,44 +133,35 @@ def converge(
 
     Emptying a key that is gone or pending deletion is done already: it is no error.
     """
+    store, settings, prefix = writer.store, writer.settings, plan.prefix
+    wait = deadline.remaining() if deadline is not None else RESTORE_LOCK_WAIT
     try:
-        _converge(writer, plan, wanted, deadline, ledger)
+        with writer.leases.held(key_lock(plan.key.arn), wait):
+            # Read afresh under the lock: the plan's copy may be stale by now.
+            policy = keypolicy.parse(store.read(plan.key))
+            for _ in range(settings.write_attempts):
+                if keypolicy.managed(policy, prefix) == wanted:
+                    return
+                target = keypolicy.merge(policy, prefix, wanted)
+                keypolicy.check_size(target, plan.key.arn, _principal_count(wanted))
+                if writer.review is not None and wanted:
+                    writer.review(plan, target)
+                if deadline is not None:
+                    deadline.check(f"writing {plan.key.arn}")
+                ledger.attempt(plan)
+                store.write(plan.key, keypolicy.serialize(target))
+                # Jitter keeps two writers that collided from colliding again.
+                time.sleep(settings.verify_delay * random.uniform(1.0, 1.5))  # noqa: S311
+                if deadline is not None:
+                    deadline.check(f"reading back {plan.key.arn}")
+                policy = keypolicy.parse(store.read(plan.key))
     except KeyAccessError as error:
         if wanted or not is_missing(error):
             raise
         logger.info(
             "Key is gone or pending deletion; nothing to remove", extra={"key": plan.key.arn}
         )
-
-
-def _converge(
-    writer: Writer,
-    plan: KeyPlan,
-    wanted: list[Statement],
-    deadline: Deadline | None,
-    ledger: Ledger,
-) -> None:
-    store, settings, prefix = writer.store, writer.settings, plan.prefix
-    wait = deadline.remaining() if deadline is not None else RESTORE_LOCK_WAIT
-    with writer.leases.held(key_lock(plan.key.arn), wait):
-        # Read afresh under the lock: the plan's copy may be stale by now.
-        policy = keypolicy.parse(store.read(plan.key))
-        for _ in range(settings.write_attempts):
-            if keypolicy.managed(policy, prefix) == wanted:
-                return
-            target = keypolicy.merge(policy, prefix, wanted)
-            keypolicy.check_size(target, plan.key.arn, _principal_count(wanted))
-            if writer.review is not None and wanted:
-                writer.review(plan, target)
-            if deadline is not None:
-                deadline.check(f"writing {plan.key.arn}")
-            ledger.attempt(plan)
-            store.write(plan.key, keypolicy.serialize(target))
-            # Jitter keeps two writers that collided from colliding again.
-            time.sleep(settings.verify_delay * random.uniform(1.0, 1.5))  # noqa: S311
-            if deadline is not None:
-                deadline.check(f"reading back {plan.key.arn}")
-            policy = keypolicy.parse(store.read(plan.key))
+        return
     if keypolicy.managed(policy, prefix) != wanted:
         raise KeyAccessError(
             clip(

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.rule import Rule
 from rich.text import Text
 
 from orgkeypolicy import keypolicy
+from orgkeypolicy.cli.changes import KeyReport, PlanReport
 from orgkeypolicy.cli.output import Output, diff, table
 from orgkeypolicy.planning import key_change
-
-if TYPE_CHECKING:
-    from orgkeypolicy.cli.plan import KeyReport, PlanReport
 
 # Accounts listed in a line before the rest are counted (--json lists them all).
 SHOWN_ACCOUNTS = 20

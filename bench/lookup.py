@@ -272,7 +272,8 @@ def dry_run(local: Local, case: LookupCase, key_arn: str, settings: Settings) ->
 
 
 def lookup_settings(workers: int) -> Settings:
-    return replace(Settings(), org_workers=workers)
+    """The function's settings as ``local_aws`` sets its environment (the registry table)."""
+    return replace(Settings.from_environment(), org_workers=workers)
 
 
 # --- checks of the stand-in -------------------------------------------------------------------

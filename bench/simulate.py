@@ -50,20 +50,30 @@ def organization(accounts: int, ous: int, seed: int) -> dict[str, str]:
     return {f"{200000000000 + index}": rng.choice(paths) for index in range(accounts)}
 
 
-def policy(members: dict[str, str], granted: int, seed: int) -> keypolicy.Policy:
+def policy(
+    members: dict[str, str],
+    granted: int,
+    seed: int,
+    *,
+    org: str = ORG,
+    key_account: str = KEY_ACCOUNT,
+    key_arn: str = KEY_ARN,
+) -> keypolicy.Policy:
+    """The key's default statement and the two grants, for ``members`` (account -> path) of
+    organization ``org``."""
     rng = random.Random(seed)
     ids = sorted(members)
     units = sorted({path for path in members.values() if path.count("/") == 4})[:8]
     default = {
         "Sid": "Enable IAM User Permissions",
         "Effect": "Allow",
-        "Principal": {"AWS": f"arn:aws:iam::{KEY_ACCOUNT}:root"},
+        "Principal": {"AWS": f"arn:aws:iam::{key_account}:root"},
         "Action": "kms:*",
         "Resource": "*",
     }
     document: keypolicy.Policy = {"Version": "2012-10-17", "Statement": [default]}
     common = {
-        "KeyIds": [KEY_ARN],
+        "KeyIds": [key_arn],
         "OrganizationalUnitIds": [unit.rstrip("/").rpartition("/")[2] for unit in units],
         "RoleNames": [ROLE],
         "Conditions": {"StringEquals": {"aws:RequestedRegion": ["us-east-1", "eu-west-1"]}},
@@ -71,11 +81,11 @@ def policy(members: dict[str, str], granted: int, seed: int) -> keypolicy.Policy
     stack = "arn:aws:cloudformation:us-east-1:111122223333:stack/bench/uuid"
     accounts = tuple(sorted(rng.sample(ids, granted)))
     for logical, mode, grantees, grants in (
-        ("Accounts", PrincipalMode.ACCOUNTS, Grantees(ORG, "aws", accounts), False),
+        ("Accounts", PrincipalMode.ACCOUNTS, Grantees(org, "aws", accounts), False),
         (
             "Paths",
             PrincipalMode.ORG_PATHS,
-            Grantees(ORG, "aws", (), unit_paths=tuple(units), excluded=(ids[0], ids[1])),
+            Grantees(org, "aws", (), unit_paths=tuple(units), excluded=(ids[0], ids[1])),
             True,
         ),
     ):

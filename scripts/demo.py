@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,30 @@ def show_policy(title: str, policy: dict[str, Any]) -> None:
     print("  " + json.dumps(policy, indent=2).replace("\n", "\n  "))
 
 
+def command(*args: str) -> int:
+    """``orgkeypolicy ARGS`` in this process (where the local AWS is); its exit code."""
+    from orgkeypolicy.cli.main import cli  # noqa: PLC0415 (after the environment is set)
+
+    print(f"\n$ orgkeypolicy {' '.join(args)}")
+    code = cli.main(list(args), prog_name="orgkeypolicy", standalone_mode=False)
+    return int(code or 0)
+
+
+def plan(event: dict[str, Any], workdir: Path) -> bool:
+    """The plan of the Create: something to change (exit code 2)."""
+    path = workdir / "properties.json"
+    properties = {k: v for k, v in event["ResourceProperties"].items() if k != "ServiceToken"}
+    path.write_text(json.dumps(properties, indent=2))
+    return command("plan", "--properties", str(path)) == 2
+
+
+def simulate() -> bool:
+    """Who may use the logs key, account by account: every answer decided (exit code 0)."""
+    actions = ("kms:Decrypt", "kms:GenerateDataKey", "kms:CreateGrant", "kms:ScheduleKeyDeletion")
+    args = [arg for action in actions for arg in ("--action", action)]
+    return command("simulate", "--key", "alias/demo-logs", "--org", *args) == 0
+
+
 def main() -> int:
     with LocalAws.start() as aws, CloudFormation.start() as cfn:
         env = {
@@ -99,6 +124,9 @@ def main() -> int:
             failures = 0
             for sample in ("create.json", "update.json", "delete.json"):
                 event = load_event(sample, seeded, cfn, dry_run=False)
+                if sample == "create.json":
+                    with tempfile.TemporaryDirectory() as workdir:
+                        failures += not plan(event, Path(workdir))
                 app.lambda_handler(event, FakeLambdaContext())
                 response = cfn.response(event)
                 print(
@@ -122,6 +150,8 @@ def main() -> int:
                     print(f"  {seeded.aliases[name]}:")
                     prefix = str(response.physical_id)
                     print("\n".join(grants(policy(key), prefix, seeded)))
+                if sample == "create.json":
+                    failures += not simulate()
             print()
             restored = all(
                 policy(key) == seeded.original_policies[key] for key in seeded.keys.values()

@@ -8,6 +8,7 @@ its own duration.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import replace
@@ -116,3 +117,14 @@ def checked_writes(fault_proxy: FaultProxy) -> Iterator[FaultProxy]:
         if text not in _checked:
             assert_policy_safe(text)
             _checked.add(text)
+
+
+@pytest.fixture(autouse=True)
+def _package_logger_restored() -> Iterator[None]:
+    """The command line sets the ``orgkeypolicy`` logger up for its own process (stderr,
+    warnings only); run in-process by a test, it must not leave that to the next test."""
+    logger = logging.getLogger("orgkeypolicy")
+    level, handlers = logger.level, list(logger.handlers)
+    yield
+    logger.setLevel(level)
+    logger.handlers[:] = handlers

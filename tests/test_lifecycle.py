@@ -434,7 +434,7 @@ def test_every_log_line_names_the_stack_the_resource_and_the_request_type(
         handler.setStream(previous)
     lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
     # This project's own modules log through Powertools' handler too.
-    assert any(line["message"].startswith("Accounts not granted") for line in lines), lines
+    assert any(line["message"].startswith("Access summary") for line in lines), lines
     assert any(line["message"] == "Answering CloudFormation" for line in lines), lines
     for line in lines:
         assert line["stack_id"] == cfn.stack_id

@@ -105,28 +105,20 @@ def apply(
             me.partition,
             pool=settings.org_workers,
         )
-        lookup = planning.look_up(spec, reader, me.partition, settings.org_workers)
-        targets = planning.resolve_targets(store, spec.key_refs, me, settings.key_workers)
-        planning.check_consent(store, targets, settings.key_consent, settings.key_workers)
-        previous = [
-            *planning.resolve_previous(store, request.old_properties, me, settings.key_workers),
-            *recorded_keys(record),
-        ]
-        plan = planning.plan_resource(
-            spec,
-            prefix,
-            lookup,
-            store,
-            targets,
-            previous,
-            settings.key_workers,
-            consent=settings.key_consent,
-            written=record.keys if record else (),
-        )
         gate = Gate(AccessAnalyzer(session, pool=settings.key_workers))
         review = gate if settings.access_analyzer and not spec.dry_run else None
-        planning.check(plan, review)
-        planning.log_selection(lookup.selection)
+        plan = planning.prepare(
+            spec,
+            prefix,
+            reader,
+            store,
+            me,
+            request.old_properties,
+            recorded_keys(record),
+            settings,
+            review,
+        )
+        planning.log_access(plan)
         writer = Writer(store, leases, settings, review)
         ledger = Ledger()
         if spec.dry_run:
@@ -154,7 +146,7 @@ def apply(
             # A grant the registry does not know would escape re-sync and verify: take it back.
             raise rolled_back(error, writer, ledger) from error
     data = {**plan.data(), VERSION: __version__}
-    return Outcome(prefix, data, ledger.writes, len(lookup.selection.granted))
+    return Outcome(prefix, data, ledger.writes, len(plan.lookup.selection.granted))
 
 
 def recorded_keys(record: Record | None) -> list[KeyInfo]:

@@ -25,7 +25,7 @@ from orgkeypolicy.errors import (
 from orgkeypolicy.identifiers import KeyRef
 from orgkeypolicy.organization import Account, Reader, Selection, Subtree, select_accounts, walk
 from orgkeypolicy.properties import KEY_IDS, PrincipalMode, Spec, key_refs_leniently
-from orgkeypolicy.settings import KeyConsent
+from orgkeypolicy.settings import KeyConsent, Settings
 from orgkeypolicy.statements import Grantees, Statement, build_statements, digest
 
 logger = logging.getLogger(__name__)
@@ -396,14 +396,117 @@ def check(plan: Plan, review: PolicyReview | None = None) -> None:
         )
 
 
-def log_selection(selection: Selection) -> None:
-    if selection.inactive:
-        logger.info(
-            "Accounts not granted because they are not ACTIVE",
-            extra={"accounts": dict(selection.inactive)},
-        )
-    if selection.excluded:
-        logger.info(
-            "Accounts not granted because they are excluded",
-            extra={"accounts": list(selection.excluded)},
-        )
+def prepare(
+    spec: Spec,
+    prefix: str,
+    reader: Reader,
+    store: KeyStore,
+    me: Identity,
+    previous_properties: Mapping[str, Any] | None,
+    recorded: Sequence[KeyInfo],
+    settings: Settings,
+    review: PolicyReview | None = None,
+) -> Plan:
+    """The checked plan of a Create or Update: the organization looked up, the keys resolved,
+    every key's policy read and merged, every check passed (and ``review``, see
+    :func:`check`). Writes nothing.
+
+    ``previous_properties`` are the properties deployed before (an Update's old ones) and
+    ``recorded`` the keys the registry says this resource wrote: the keys of either that are
+    no longer targets are emptied of its statements.
+    """
+    lookup = look_up(spec, reader, me.partition, settings.org_workers)
+    targets = resolve_targets(store, spec.key_refs, me, settings.key_workers)
+    check_consent(store, targets, settings.key_consent, settings.key_workers)
+    previous = [
+        *resolve_previous(store, previous_properties, me, settings.key_workers),
+        *recorded,
+    ]
+    plan = plan_resource(
+        spec,
+        prefix,
+        lookup,
+        store,
+        targets,
+        previous,
+        settings.key_workers,
+        consent=settings.key_consent,
+        written={key.arn for key in recorded},
+    )
+    check(plan, review)
+    return plan
+
+
+# --- What a plan grants -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeySummary:
+    key_arn: str
+    mode: str | None
+    """The principal mode written (what ``Auto`` picked); ``None`` on a key being emptied."""
+    change: str
+    """``add``, ``update``, ``remove``, ``unchanged`` or ``skip (<why>)``."""
+
+
+@dataclass(frozen=True)
+class AccessSummary:
+    """Who one resource grants, who it leaves out and why, and what happens on each key."""
+
+    organization_id: str
+    granted: tuple[str, ...]
+    not_granted: Mapping[str, str]
+    """Account -> why: its state (``SUSPENDED``, ``PENDING_CLOSURE``…) or ``excluded``."""
+    keys: tuple[KeySummary, ...]
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "organization_id": self.organization_id,
+            "accounts_granted": list(self.granted),
+            "accounts_not_granted": dict(self.not_granted),
+            "keys": [
+                {"key_arn": key.key_arn, "mode": key.mode, "change": key.change}
+                for key in self.keys
+            ],
+        }
+
+
+def access_summary(plan: Plan) -> AccessSummary:
+    """What the function logs on every Create and Update, and what ``orgkeypolicy plan``
+    prints: one account list for the resource (every key grants the same accounts)."""
+    selection = plan.lookup.selection
+    not_granted = {account: selection.inactive[account] for account in sorted(selection.inactive)}
+    not_granted.update((account, "excluded") for account in selection.excluded)
+    return AccessSummary(
+        organization_id=plan.lookup.grantees.organization_id,
+        granted=selection.granted,
+        not_granted=not_granted,
+        keys=tuple(
+            KeySummary(key.key.arn, key.mode.value if key.mode else None, key_change(key))
+            for key in (*plan.targets, *plan.cleanups)
+        ),
+    )
+
+
+def key_change(key: KeyPlan) -> str:
+    """What carrying out the plan does to the key, in a word."""
+    if key.skipped:
+        return f"skip ({key.skipped})"
+    if not key.changed:
+        return "unchanged"
+    if not key.wanted:
+        return "remove"
+    return "update" if key.current else "add"
+
+
+def log_access(plan: Plan) -> None:
+    """The access summary, logged before the writes (so a failed write still shows it)."""
+    summary = access_summary(plan)
+    logger.info(
+        "Access summary: %d accounts granted, %d not granted, %d keys%s",
+        len(summary.granted),
+        len(summary.not_granted),
+        len(summary.keys),
+        " (DryRun: nothing is written)" if plan.spec.dry_run else "",
+        extra={**summary.data(), "dry_run": plan.spec.dry_run},
+    )

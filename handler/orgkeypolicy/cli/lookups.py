@@ -145,6 +145,15 @@ class DeployedStack:
             raise CommandError(f"Fn::ImportValue {name}: no such export in {self.region}")
         return value
 
+    def template(self) -> object:
+        """The template the stack runs now, with its transforms expanded (a JSON template
+        comes back parsed, a YAML one as text)."""
+        answer = self._cloudformation.get_template(
+            StackName=self.stack_id, TemplateStage="Processed"
+        )
+        body: object = answer["TemplateBody"]
+        return body
+
     @cached_property
     def _exports(self) -> dict[str, str]:
         pages = self._cloudformation.get_paginator("list_exports").paginate()

@@ -11,7 +11,9 @@ import click
 from orgkeypolicy import __version__
 from orgkeypolicy.cli.audit import audit
 from orgkeypolicy.cli.output import PROG, ExitCode, reported, setup_logging
+from orgkeypolicy.cli.plan import plan
 from orgkeypolicy.cli.probe import probe
+from orgkeypolicy.cli.simulate import simulate
 
 
 @dataclass
@@ -79,6 +81,8 @@ def cli(ctx: click.Context, debug: bool, region: str | None, profile: str | None
         click.echo(ctx.get_help())
 
 
+cli.add_command(plan)
+cli.add_command(simulate)
 cli.add_command(probe)
 cli.add_command(audit)
 

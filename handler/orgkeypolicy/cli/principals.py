@@ -17,6 +17,7 @@ from orgkeypolicy.aws import KeyStore
 from orgkeypolicy.cli.errors import CommandError
 from orgkeypolicy.cli.intrinsics import text
 from orgkeypolicy.cli.sources import load_document
+from orgkeypolicy.evaluation import Principal
 from orgkeypolicy.identifiers import ORGANIZATION_ID, ROLE_NAME, parse_key_ref
 from orgkeypolicy.organization import Directory, Progress, walk
 from orgkeypolicy.properties import CONDITION_KEY
@@ -42,6 +43,13 @@ class PrincipalRecord:
     org_id: str | None = None
     org_paths: tuple[str, ...] = ()
     context: Context = field(default_factory=dict)
+
+    def evaluated(self) -> Principal:
+        """The evaluator's principal; its errors name the record."""
+        try:
+            return Principal(self.arn, self.org_id, self.org_paths, self.context)
+        except (TypeError, ValueError) as error:
+            raise CommandError(str(error)) from error
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -365,3 +365,40 @@ def _cause_code(error: BaseException) -> str | None:
 def is_missing(error: BaseException) -> bool:
     """Whether a KMS error says the key is gone or going (not an error on Delete)."""
     return _cause_code(error) in (_KEY_NOT_FOUND, "KMSInvalidStateException")
+
+
+class StackDirectory:
+    """CloudFormation DescribeStacks, in whichever region a stack lives."""
+
+    def __init__(self, session: boto3.Session) -> None:
+        self._session = session
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def status(self, stack_id: str) -> str | None:
+        """The stack's status (``DELETE_COMPLETE`` for a deleted one, which CloudFormation
+        keeps describing by ID for a while), or ``None`` when it knows no such stack."""
+        region = stack_id.split(":")[3]
+        with self._lock:
+            if region not in self._clients:
+                self._clients[region] = self._session.client(
+                    "cloudformation",
+                    region_name=region,
+                    config=client_config("standard", attempts=5, pool=4),
+                )
+            client = self._clients[region]
+        try:
+            stacks = client.describe_stacks(StackName=stack_id)["Stacks"]
+        except ClientError as error:
+            message = str(error.response.get("Error", {}).get("Message", ""))
+            if error_code(error) == "ValidationError" and "does not exist" in message:
+                return None
+            raise OrgKeyPolicyError(
+                f"CloudFormation DescribeStacks {stack_id} failed ({error_code(error)}); "
+                "check the function role's cloudformation:DescribeStacks permission"
+            ) from error
+        except BotoCoreError as error:
+            raise OrgKeyPolicyError(
+                f"CloudFormation in {region} could not be reached ({_why(error)}); retry"
+            ) from error
+        return str(stacks[0]["StackStatus"]) if stacks else None

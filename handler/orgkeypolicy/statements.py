@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,9 @@ from orgkeypolicy.properties import GRANT_ACTIONS, ConditionBlock, PrincipalMode
 
 Statement = dict[str, Any]
 SID_PREFIX_BASE = "OrgKeyPolicy"
+# An account principal: its root ARN (what this project writes) or the bare ID (what IAM
+# accepts, and may show after a policy was edited by hand).
+_ACCOUNT_PRINCIPAL = re.compile(r"arn:[a-z-]+:iam::(\d{12}):root|(\d{12})")
 
 
 def sid_prefix(stack_id: str, logical_id: str) -> str:
@@ -142,3 +146,30 @@ def digest(statements_by_key: Mapping[str, Sequence[Statement]]) -> str:
     """A hash of every managed statement on every key: it changes exactly when the grant does."""
     canonical = json.dumps(statements_by_key, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def aws_principals(statement: Statement) -> list[object]:
+    """The entries of the statement's ``Principal.AWS`` (one string or a list)."""
+    principal = statement.get("Principal")
+    value = principal.get("AWS") if isinstance(principal, Mapping) else None
+    return [value] if isinstance(value, str) else list(value) if isinstance(value, list) else []
+
+
+def principal_account(entry: object) -> str | None:
+    """The account a principal entry names as a whole (its root ARN or bare ID), else None."""
+    match = _ACCOUNT_PRINCIPAL.fullmatch(entry) if isinstance(entry, str) else None
+    return (match[1] or match[2]) if match else None
+
+
+def granted_accounts(statements: Iterable[Statement]) -> frozenset[str]:
+    """The accounts that ``statements`` name as principals (root ARNs or bare IDs).
+
+    A wildcard principal bound to organization paths names no account: what it grants depends
+    on where accounts sit at request time, not on the policy.
+    """
+    return frozenset(
+        account
+        for statement in statements
+        for account in map(principal_account, aws_principals(statement))
+        if account is not None
+    )

@@ -27,9 +27,8 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import TypeVar
 
 import boto3
 
@@ -48,7 +47,7 @@ from orgkeypolicy.errors import InvalidPropertyError, OrgKeyPolicyError
 from orgkeypolicy.identifiers import KeyRef
 from orgkeypolicy.lifecycle import now, recorded_keys, resource_lock
 from orgkeypolicy.locks import Leases
-from orgkeypolicy.organization import Account, Reader, SharedReader, Unit
+from orgkeypolicy.organization import BoundedReader, Reader, SharedReader
 from orgkeypolicy.planning import KeyPlan, Plan
 from orgkeypolicy.properties import parse_properties
 from orgkeypolicy.registry import Record, Registry
@@ -56,7 +55,6 @@ from orgkeypolicy.settings import Deadline, Settings
 from orgkeypolicy.writing import Writer, write_all
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # The longest wait for a resource that a deploy holds. The deploy writes that resource's keys
 # itself, and the next run checks whatever it leaves.
@@ -103,34 +101,6 @@ def run(
     return report
 
 
-class _Bounded:
-    """A ``Reader`` that lets at most ``slots`` Organizations calls run at once, whatever
-    number of resources walk their OUs at the same moment."""
-
-    def __init__(self, reader: Reader, slots: int) -> None:
-        self._reader = reader
-        self._slots = threading.BoundedSemaphore(slots)
-
-    def _call(self, ask: Callable[[], T]) -> T:
-        with self._slots:
-            return ask()
-
-    def organization_id(self) -> str:
-        return self._call(self._reader.organization_id)
-
-    def child_units(self, parent_id: str) -> list[Unit]:
-        return self._call(lambda: self._reader.child_units(parent_id))
-
-    def accounts(self, parent_id: str) -> list[Account]:
-        return self._call(lambda: self._reader.accounts(parent_id))
-
-    def account(self, account_id: str) -> Account:
-        return self._call(lambda: self._reader.account(account_id))
-
-    def unit_path(self, organization_id: str, unit_id: str) -> str:
-        return self._call(lambda: self._reader.unit_path(organization_id, unit_id))
-
-
 class _Run:
     """One run: its clients, caches and time budget, shared by every resource."""
 
@@ -150,8 +120,9 @@ class _Run:
         self.apply = apply
         self.deadline = deadline
         self.run_id = run_id
-        # Every client is made here, in one thread: making clients from one session is not
-        # thread-safe (the KeyStore makes its own under a lock).
+        # The clients are made here and in ``prepare``, in one thread: making clients from one
+        # session is not thread-safe. (The KeyStore makes its own under its lock, and a role
+        # first named by a resource redeployed during the run gets its reader under the run's.)
         self.me: Identity = identity(session)
         self.registry = Registry(session, table)
         self.store = KeyStore(session, pool=settings.key_workers, write_rate=settings.write_rate)
@@ -165,7 +136,7 @@ class _Run:
             pool=settings.key_workers,
         )
         self._lock = threading.Lock()
-        self._readers: dict[str | None, tuple[_Bounded, SharedReader] | OrgKeyPolicyError] = {}
+        self._readers: dict[str | None, tuple[BoundedReader, SharedReader] | OrgKeyPolicyError] = {}
         self._stack_gone: dict[str, str | OrgKeyPolicyError | None] = {}
 
     # --- Before the resources ------------------------------------------------------------
@@ -223,7 +194,7 @@ class _Run:
         spec = parse_properties(record.properties, default_role_arn=self.settings.default_role_arn)
         return spec.organizations_role_arn
 
-    def _reader_for(self, role: str | None) -> tuple[_Bounded, SharedReader]:
+    def _reader_for(self, role: str | None) -> tuple[BoundedReader, SharedReader]:
         with self._lock:
             if role not in self._readers:
                 try:
@@ -232,7 +203,7 @@ class _Run:
                         self.me.partition,
                         pool=self.settings.org_workers,
                     )
-                    bounded = _Bounded(directory, self.settings.org_workers)
+                    bounded = BoundedReader(directory, self.settings.org_workers)
                     self._readers[role] = (bounded, SharedReader(bounded))
                 except OrgKeyPolicyError as error:
                     self._readers[role] = error

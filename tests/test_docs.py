@@ -37,7 +37,15 @@ def test_site_builds_strictly_and_offline(tmp_path: Path) -> None:
     )
     assert build.returncode == 0, build.stderr + build.stdout
     pages = {p.parent.name for p in site.glob("*/index.html")}
-    assert pages == {"reference", "deployment", "safety", "local", "development", "changelog"}
+    assert pages == {
+        "reference",
+        "deployment",
+        "safety",
+        "resync",
+        "local",
+        "development",
+        "changelog",
+    }
     changelog = (site / "changelog" / "index.html").read_text(encoding="utf-8")
     assert "0.1.0" in changelog, "CHANGELOG.md was not included"
     assert "--8&lt;--" not in changelog

@@ -1,48 +1,47 @@
 """Re-sync end to end: records written by real Creates through the handler, the organization
-and keys changed behind the provider's back, then ``resync.run`` (and the re-sync Lambda entry)
-against moto behind the fault proxy, which counts every PutKeyPolicy.
+and keys changed behind the provider's back, then ``resync.run`` against moto behind the fault
+proxy, which counts every PutKeyPolicy.
 
 Each consumer stack exists in moto's CloudFormation: a re-sync writes only the keys of
-resources whose stack still exists.
+resources whose stack still exists. The Lambda entry and the event path are in
+``test_resync_handler.py``.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 import boto3
 import pytest
 
 import app
-from localaws.cfn import CloudFormation, FakeLambdaContext
-from localaws.eventsource import SqsEventSource
+from localaws.cfn import CloudFormation
 from localaws.proxy import FaultProxy
 from localaws.registry import REGISTRY_TABLE
 from localaws.seed import SeededOrg
 from localaws.server import LocalAws
-from orgkeypolicy import keypolicy, resync
+from orgkeypolicy import keypolicy
 from orgkeypolicy.drift import Report, Status
 from orgkeypolicy.lifecycle import resource_lock
 from orgkeypolicy.locks import Leases
 from orgkeypolicy.registry import Registry
-from orgkeypolicy.settings import Settings
-from orgkeypolicy.statements import sid_prefix
 from tests.policychecks import assert_policy_safe
+from tests.resyncing import (
+    SETTINGS,
+    delete,
+    deploy,
+    move,
+    new_stack,
+    only_resource,
+    puts,
+    resync_now,
+)
 from tests.test_faults import add_keys, delete_key_now, flaky
 from tests.test_lifecycle import foreign, granted_accounts, names, ours, policy
-from tests.test_template import TEMPLATE, _load
-
-SAMPLES = Path(__file__).resolve().parent.parent / "events" / "resync"
-BUS = "organizations"
-STACK_TEMPLATE = json.dumps({"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}}})
-SETTINGS = replace(Settings.from_environment(), verify_delay=0.0)
 
 
 @pytest.fixture(autouse=True)
@@ -57,69 +56,6 @@ def proxy(fault_proxy: FaultProxy) -> Iterator[FaultProxy]:
     yield fault_proxy
     for call in fault_proxy.calls_for("kms:PutKeyPolicy", injected=False):
         assert_policy_safe(str(call.body.get("Policy", "")))
-
-
-# --- Helpers ----------------------------------------------------------------------------------
-
-
-def new_stack(aws: LocalAws, name: str = "consumer") -> str:
-    """A stack that exists in the local CloudFormation; its ID."""
-    created = aws.client("cloudformation").create_stack(StackName=name, TemplateBody=STACK_TEMPLATE)
-    return str(created["StackId"])
-
-
-def deploy(
-    cfn: CloudFormation,
-    stack_id: str,
-    properties: dict[str, Any],
-    logical_id: str = "SharedKeyPolicy",
-    request_type: str = "Create",
-    old_properties: dict[str, Any] | None = None,
-) -> str:
-    """A Create (or Update) through the handler, as CloudFormation sends it; the Sid prefix."""
-    physical_id = None if request_type == "Create" else sid_prefix(stack_id, logical_id)
-    event = cfn.event(
-        request_type,
-        properties,
-        logical_id=logical_id,
-        stack_id=stack_id,
-        old_properties=old_properties,
-        physical_id=physical_id,
-    )
-    app.lambda_handler(event, FakeLambdaContext())
-    response = cfn.response(event)
-    assert response.status == "SUCCESS", response.reason
-    return str(response.data["StatementSid"])
-
-
-def delete(cfn: CloudFormation, stack_id: str, prefix: str, properties: dict[str, Any]) -> None:
-    event = cfn.event(
-        "Delete", properties, logical_id="SharedKeyPolicy", stack_id=stack_id, physical_id=prefix
-    )
-    app.lambda_handler(event, FakeLambdaContext())
-    assert cfn.response(event).status == "SUCCESS"
-
-
-def move(aws: LocalAws, account: str, destination: str) -> None:
-    org = aws.organizations()
-    [parent] = org.list_parents(ChildId=account)["Parents"]
-    org.move_account(
-        AccountId=account, SourceParentId=parent["Id"], DestinationParentId=destination
-    )
-
-
-def resync_now(apply: bool = True, **kwargs: Any) -> Report:
-    return resync.run(boto3.Session(), kwargs.pop("settings", SETTINGS), apply=apply, **kwargs)
-
-
-def puts(proxy: FaultProxy) -> int:
-    """PutKeyPolicy calls that reached KMS (the proxy's own injected answers left out)."""
-    return proxy.count("kms:PutKeyPolicy", injected=False)
-
-
-def only_resource(report: Report) -> Any:
-    [resource] = report.resources
-    return resource
 
 
 # --- Membership -------------------------------------------------------------------------------
@@ -488,241 +424,6 @@ def test_put_key_policy_is_paced_at_the_write_rate(
     assert report.summary()["keys_rewritten"] == 6
     started = sorted(call.started for call in proxy.calls_for("kms:PutKeyPolicy"))
     assert len(started) == 6
-    # A full bucket lets ``rate`` writes through at once; after that one every 1/rate s.
+    # Never more than ``rate`` within one second (the proxy's clock, give or take its jitter).
     for first, later in zip(started, started[int(rate) :], strict=False):
         assert later - first >= 1.0 - 0.05, started
-    assert started[-1] - started[0] >= (len(started) - rate) / rate - 0.05
-
-
-# --- The Lambda entry -------------------------------------------------------------------------
-
-
-def emitted_metrics(printed: str) -> dict[str, float]:
-    """The metric values of the Powertools EMF documents printed on stdout."""
-    found: dict[str, float] = {}
-    for line in printed.splitlines():
-        if line.startswith("{") and '"_aws"' in line:
-            document = json.loads(line)
-            for metric in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
-                value = document[metric["Name"]]
-                found[metric["Name"]] = sum(value) if isinstance(value, list) else value
-    return found
-
-
-def test_a_direct_invocation_resyncs_the_named_resources_and_emits_the_metrics(
-    aws: LocalAws,
-    cfn: CloudFormation,
-    demo_org: SeededOrg,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    logs, data = demo_org.keys["logs"], demo_org.keys["data"]
-    stack = new_stack(aws)
-    named = deploy(cfn, stack, {"KeyIds": [logs], "OrganizationalUnitIds": [demo_org.ous["Prod"]]})
-    other = deploy(
-        cfn,
-        stack,
-        {"KeyIds": [data], "OrganizationalUnitIds": [demo_org.ous["Prod"]]},
-        logical_id="Other",
-    )
-    move(aws, demo_org.accounts["sbx-a"], demo_org.ous["Prod"])
-    move(aws, demo_org.accounts["prod-b"], demo_org.ous["Sandbox"])
-    capsys.readouterr()
-
-    summary = app.resync_handler({"resources": [named]}, FakeLambdaContext())
-
-    assert summary == {
-        "resources": 1,
-        "keys_checked": 1,
-        "keys_rewritten": 1,
-        "accounts_added": 1,
-        "accounts_removed": 1,
-        "failures": [],
-    }
-    assert emitted_metrics(capsys.readouterr().out) == {
-        "ResourcesChecked": 1,
-        "KeysDrifted": 1,
-        "KeysRewritten": 1,
-        "AccountsAdded": 1,
-        "AccountsRemoved": 1,
-        "Failures": 0,
-    }
-    assert granted_accounts(policy(aws, logs), named) == names(
-        demo_org, "prod-a", "crit-a", "sbx-a"
-    )
-    assert granted_accounts(policy(aws, data), other) == names(
-        demo_org, "prod-a", "prod-b", "crit-a"
-    )
-
-    unknown = "OrgKeyPolicy0123456789abcdef"
-    summary = app.resync_handler({"resources": [unknown]}, FakeLambdaContext())
-    assert summary["resources"] == 1
-    [failure] = summary["failures"]
-    assert failure["sid_prefix"] == unknown and "No record" in str(failure["reason"])
-    assert emitted_metrics(capsys.readouterr().out)["Failures"] == 1
-
-
-@pytest.mark.parametrize(
-    "event",
-    [{"resources": []}, {"resources": "OrgKeyPolicy0123456789abcdef"}, {"resources": ["x"]}],
-    ids=["empty", "not-a-list", "not-a-prefix"],
-)
-def test_a_malformed_direct_invocation_is_refused(aws: LocalAws, event: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="resources"):
-        app.resync_handler(event, FakeLambdaContext())
-
-
-def sample(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((SAMPLES / name).read_text())
-    return loaded
-
-
-def organizations_queue(aws: LocalAws) -> SqsEventSource:
-    """The template's event path in the local AWS: a bus, the template's rule on it, and the
-    re-sync queue as its target."""
-    pattern = _load(TEMPLATE)["Resources"]["OrganizationsEventsRule"]["Properties"]["EventPattern"]
-    events, sqs = aws.client("events"), aws.client("sqs")
-    events.create_event_bus(Name=BUS)
-    queue = SqsEventSource(aws.url, sqs.create_queue(QueueName="resync")["QueueUrl"])
-    events.put_rule(Name="membership", EventBusName=BUS, EventPattern=json.dumps(pattern))
-    events.put_targets(
-        Rule="membership", EventBusName=BUS, Targets=[{"Id": "queue", "Arn": queue.queue_arn}]
-    )
-    return queue
-
-
-def put_event(aws: LocalAws, event: dict[str, Any]) -> None:
-    """``event`` as the forwarder delivers it to the provider's bus."""
-    aws.client("events").put_events(
-        Entries=[
-            {
-                "Source": event["source"],
-                "DetailType": event["detail-type"],
-                "Detail": json.dumps(event["detail"]),
-                "EventBusName": BUS,
-            }
-        ]
-    )
-
-
-def test_the_rule_takes_the_membership_events_and_nothing_else(aws: LocalAws) -> None:
-    queue = organizations_queue(aws)
-    membership = [
-        json.loads(record["body"]) for record in sample("organizations-events.json")["Records"]
-    ]
-    [move_event] = [e for e in membership if e["detail"]["eventName"] == "MoveAccount"]
-    departed = {**move_event, "detail-type": "AWS Service Event via CloudTrail"}
-    departed["detail"] = {**move_event["detail"], "eventName": "AccountDepartedOrganization"}
-    failed = {**move_event, "detail": {**move_event["detail"], "errorCode": "AccessDenied"}}
-    unrelated = {**move_event, "detail": {**move_event["detail"], "eventName": "CreatePolicy"}}
-    for event in [*membership, departed, failed, unrelated]:
-        put_event(aws, event)
-    received: list[str] = []
-
-    def handler(event: dict[str, Any]) -> None:
-        received.extend(json.loads(r["body"])["detail"]["eventName"] for r in event["Records"])
-
-    while queue.poll(handler):
-        pass
-    assert sorted(received) == sorted(
-        [
-            "MoveAccount",
-            "CreateAccountResult",
-            "AccountJoinedOrganization",
-            "AccountDepartedOrganization",
-        ]
-    )
-
-
-def test_the_sample_events_run_through_the_handler(
-    aws: LocalAws, cfn: CloudFormation, demo_org: SeededOrg
-) -> None:
-    logs = demo_org.keys["logs"]
-    stack = new_stack(aws)
-    prefix = deploy(cfn, stack, {"KeyIds": [logs], "OrganizationalUnitIds": [demo_org.ous["Prod"]]})
-    move(aws, demo_org.accounts["sbx-a"], demo_org.ous["Prod"])
-
-    assert app.resync_handler(sample("organizations-events.json"), FakeLambdaContext()) == {
-        "batchItemFailures": []
-    }
-    assert demo_org.accounts["sbx-a"] in granted_accounts(policy(aws, logs), prefix)
-    move(aws, demo_org.accounts["sbx-a"], demo_org.ous["Sandbox"])
-    scheduled = app.resync_handler(sample("scheduled.json"), FakeLambdaContext())
-    assert scheduled["accounts_removed"] == 1
-    direct = app.resync_handler(sample("direct.json"), FakeLambdaContext())
-    assert [failure["sid_prefix"] for failure in direct["failures"]] == sample("direct.json")[
-        "resources"
-    ]
-
-
-def test_a_burst_of_moves_through_the_queue_converges_on_the_last_membership(
-    aws: LocalAws, cfn: CloudFormation, demo_org: SeededOrg, proxy: FaultProxy
-) -> None:
-    queue = organizations_queue(aws)
-    [extra] = add_keys(aws, 1)
-    stack = new_stack(aws)
-    units = {name: demo_org.ous[name] for name in ("Prod", "Dev", "Sandbox")}
-    keys = {"Prod": demo_org.keys["logs"], "Dev": demo_org.keys["data"], "Sandbox": extra}
-    prefixes = {
-        name: deploy(
-            cfn, stack, {"KeyIds": [keys[name]], "OrganizationalUnitIds": [unit]}, f"{name}Share"
-        )
-        for name, unit in units.items()
-    }
-    [move_event] = [
-        json.loads(record["body"])
-        for record in sample("organizations-events.json")["Records"]
-        if '"MoveAccount"' in record["body"]
-    ]
-    draw = random.Random(7)
-    movable = [demo_org.accounts[name] for name in ("prod-a", "prod-b", "crit-a", "dev-a", "sbx-a")]
-    where = {account: demo_org.parents[account] for account in movable}
-    runs = delivered = 0
-
-    def invoke(event: dict[str, Any]) -> Any:
-        return app.resync_handler(event, FakeLambdaContext())
-
-    proxy.reset_log()
-    for moved in range(1, 51):
-        account = draw.choice(movable)
-        destination = draw.choice([ou for ou in demo_org.ous.values() if ou != where[account]])
-        move(aws, account, destination)
-        detail = {
-            **move_event["detail"],
-            "requestParameters": {
-                "accountId": account,
-                "sourceParentId": where[account],
-                "destinationParentId": destination,
-            },
-        }
-        where[account] = destination
-        put_event(aws, {**move_event, "detail": detail})
-        # Lambda's poller comes by now and then, with whatever has queued up since.
-        if moved % 12 == 0:
-            delivered += queue.poll(invoke)
-            runs += 1
-    while batch := queue.poll(invoke):
-        delivered += batch
-        runs += 1
-
-    assert (runs, delivered) == (5, 50)
-    assert proxy.count("dynamodb:Scan") == runs
-    for name, unit in units.items():
-        expected = active_under(aws, unit)
-        document = policy(aws, keys[name])
-        if expected:
-            assert granted_accounts(document, prefixes[name]) == expected
-        else:
-            assert ours(document, prefixes[name]) == []
-
-
-def active_under(aws: LocalAws, unit: str) -> set[str]:
-    """The ACTIVE accounts in ``unit`` and below, as Organizations lists them."""
-    org = aws.organizations()
-    found = {
-        account["Id"]
-        for account in org.list_accounts_for_parent(ParentId=unit)["Accounts"]
-        if account.get("State", account.get("Status")) == "ACTIVE"
-    }
-    for child in org.list_organizational_units_for_parent(ParentId=unit)["OrganizationalUnits"]:
-        found |= active_under(aws, child["Id"])
-    return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 
 import boto3
 import pytest
@@ -19,6 +20,7 @@ from localaws.proxy import FaultProxy
 from localaws.registry import REGISTRY_TABLE, create_registry_table
 from localaws.seed import SeededOrg, seed_demo_org
 from localaws.server import LocalAws, aws_environment, stale_aws_variables
+from tests.policychecks import assert_policy_safe
 
 # Nothing listens on the discard port: a boto3 client created before a test's fixtures ran
 # (at import time, say) fails fast with a connection error instead of reaching real AWS.
@@ -31,6 +33,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.update(aws_environment(UNREACHABLE_ENDPOINT))
     # The handler module reads its settings when imported, before any fixture runs.
     os.environ["REGISTRY_TABLE"] = REGISTRY_TABLE
+    # moto has no Access Analyzer, and botocore retries its HTTP 500 answers for seconds per
+    # request; the review is on in the tests about it (test_analyzer_gate.py).
+    os.environ["ACCESS_ANALYZER"] = "false"
 
 
 @pytest.fixture(scope="session")
@@ -87,3 +92,27 @@ def fault_proxy(aws: LocalAws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Faul
 @pytest.fixture
 def lambda_context() -> FakeLambdaContext:
     return FakeLambdaContext()
+
+
+@pytest.fixture
+def fast_verify(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No read-back wait: moto is consistent at once, where KMS is eventually consistent.
+    Tests about writers racing pass their own Settings."""
+    import app
+
+    monkeypatch.setattr(app, "settings", replace(app.settings, verify_delay=0.0))
+
+
+_checked: set[str] = set()
+
+
+@pytest.fixture
+def checked_writes(fault_proxy: FaultProxy) -> Iterator[FaultProxy]:
+    """The fault proxy, which sees every policy the code under test writes: each is checked by
+    the independent policy tools when the test ends."""
+    yield fault_proxy
+    for call in fault_proxy.calls_for("kms:PutKeyPolicy", forwarded=True):
+        text = str(call.body.get("Policy", ""))
+        if text not in _checked:
+            assert_policy_safe(text)
+            _checked.add(text)

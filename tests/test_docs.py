@@ -42,6 +42,7 @@ def test_site_builds_strictly_and_offline(tmp_path: Path) -> None:
         "deployment",
         "safety",
         "resync",
+        "validation",
         "local",
         "development",
         "changelog",

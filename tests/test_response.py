@@ -23,8 +23,7 @@ from localaws.proxy import FaultProxy
 from localaws.seed import SeededOrg
 from localaws.server import LocalAws
 from orgkeypolicy.statements import sid_prefix
-from tests.policychecks import assert_policy_safe
-from tests.test_faults import (
+from tests.endtoend import (
     Policy,
     add_keys,
     granted,
@@ -34,6 +33,7 @@ from tests.test_faults import (
     policies,
     run,
 )
+from tests.policychecks import assert_policy_safe
 
 
 @pytest.fixture(autouse=True)

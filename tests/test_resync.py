@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 
 import boto3
 import pytest
 
-import app
 from localaws.cfn import CloudFormation
 from localaws.proxy import FaultProxy
 from localaws.registry import REGISTRY_TABLE
@@ -29,7 +27,9 @@ from orgkeypolicy.drift import Report, Status
 from orgkeypolicy.lifecycle import resource_lock
 from orgkeypolicy.locks import Leases
 from orgkeypolicy.registry import Registry
-from tests.policychecks import assert_policy_safe
+from tests.endtoend import add_keys, delete_key_now, flaky, foreign, names, ours
+from tests.endtoend import granted as granted_accounts
+from tests.endtoend import read_policy as policy
 from tests.resyncing import (
     SETTINGS,
     delete,
@@ -40,22 +40,14 @@ from tests.resyncing import (
     puts,
     resync_now,
 )
-from tests.test_faults import add_keys, delete_key_now, flaky
-from tests.test_lifecycle import foreign, granted_accounts, names, ours, policy
+
+pytestmark = pytest.mark.usefixtures("fast_verify")
 
 
 @pytest.fixture(autouse=True)
-def fast_verify(monkeypatch: pytest.MonkeyPatch) -> None:
-    # moto is consistent at once; the read-back wait exists for KMS's eventual consistency.
-    monkeypatch.setattr(app, "settings", replace(app.settings, verify_delay=0.0))
-
-
-@pytest.fixture(autouse=True)
-def proxy(fault_proxy: FaultProxy) -> Iterator[FaultProxy]:
-    """Every test runs behind the proxy, which sees (and checks) every policy written."""
-    yield fault_proxy
-    for call in fault_proxy.calls_for("kms:PutKeyPolicy", injected=False):
-        assert_policy_safe(str(call.body.get("Policy", "")))
+def proxy(checked_writes: FaultProxy) -> FaultProxy:
+    """Every test runs behind the fault proxy, which sees (and checks) every policy written."""
+    return checked_writes
 
 
 # --- Membership -------------------------------------------------------------------------------

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -17,7 +15,9 @@ from localaws.cfn import CloudFormation, FakeLambdaContext
 from localaws.proxy import FaultProxy
 from localaws.seed import SeededOrg
 from localaws.server import LocalAws
-from tests.policychecks import assert_policy_safe
+from tests.endtoend import add_keys, names, ours
+from tests.endtoend import granted as granted_accounts
+from tests.endtoend import read_policy as policy
 from tests.resyncing import (
     active_under,
     deploy,
@@ -27,22 +27,14 @@ from tests.resyncing import (
     put_event,
     sample,
 )
-from tests.test_faults import add_keys
-from tests.test_lifecycle import granted_accounts, names, ours, policy
+
+pytestmark = pytest.mark.usefixtures("fast_verify")
 
 
 @pytest.fixture(autouse=True)
-def fast_verify(monkeypatch: pytest.MonkeyPatch) -> None:
-    # moto is consistent at once; the read-back wait exists for KMS's eventual consistency.
-    monkeypatch.setattr(app, "settings", replace(app.settings, verify_delay=0.0))
-
-
-@pytest.fixture(autouse=True)
-def proxy(fault_proxy: FaultProxy) -> Iterator[FaultProxy]:
-    """Every test runs behind the proxy, which sees (and checks) every policy written."""
-    yield fault_proxy
-    for call in fault_proxy.calls_for("kms:PutKeyPolicy", injected=False):
-        assert_policy_safe(str(call.body.get("Policy", "")))
+def proxy(checked_writes: FaultProxy) -> FaultProxy:
+    """Every test runs behind the fault proxy, which sees (and checks) every policy written."""
+    return checked_writes
 
 
 def emitted_metrics(printed: str) -> dict[str, float]:

@@ -203,8 +203,8 @@ def _statements(template: dict[str, Any]) -> list[Statement]:
     """Every IAM statement of the template, in every combination of its conditions."""
     found: list[Statement] = []
 
-    def add(resource: str, trust: bool, document_node: Any) -> None:
-        for document, choices in _branches(document_node):
+    def add(resource: str, trust: bool, document_node: Any, outer: tuple[Choice, ...] = ()) -> None:
+        for document, choices in _branches(document_node, outer):
             body = _document(document)
             listed = body["Statement"]
             for entry in listed if isinstance(listed, list) else [listed]:
@@ -217,8 +217,10 @@ def _statements(template: dict[str, Any]) -> list[Statement]:
             assert kind in POLICY_RESOURCE_TYPES, f"{name}: unchecked IAM resource type {kind}"
         if kind == "AWS::IAM::Role":
             add(name, True, props["AssumeRolePolicyDocument"])
-            for policy in props.get("Policies", []):
-                add(name, False, policy["PolicyDocument"])
+            # A policy of the list may itself be conditional (Fn::If).
+            for entry in props.get("Policies", []):
+                for policy, choices in _branches(entry):
+                    add(name, False, policy["PolicyDocument"], choices)
         elif kind in POLICY_RESOURCE_TYPES:
             add(name, False, props["PolicyDocument"])
     return found
@@ -347,7 +349,15 @@ def test_function_role_grants_only_the_expected_services(
 ) -> None:
     permissions = [s for s in _role_statements(deployed_template, FUNCTION_ROLE) if not s.trust]
     services = {a.split(":")[0] for s in permissions for a in s.actions}
-    assert services == {"logs", "xray", "organizations", "sts", "kms", "dynamodb"}
+    assert services == {
+        "logs",
+        "xray",
+        "organizations",
+        "sts",
+        "kms",
+        "dynamodb",
+        "access-analyzer",
+    }
     for statement in permissions:
         assert statement.resource == FUNCTION_ROLE or statement.body.get("Sid") == (
             "WriteOwnLogGroup"
@@ -371,6 +381,28 @@ def test_logs_only_to_the_functions_own_log_group(deployed_template: dict[str, A
         policy = resources[statement.resource]
         assert policy["Type"] == "AWS::IAM::RolePolicy"
         assert policy["Properties"]["RoleName"] == {"Ref": FUNCTION_ROLE}
+
+
+def test_access_analyzer_only_the_two_policy_checks_and_only_when_reviews_are_on(
+    deployed_template: dict[str, Any], main_template: dict[str, Any]
+) -> None:
+    checks = [
+        s
+        for s in _role_statements(deployed_template, FUNCTION_ROLE)
+        if any(a.startswith("access-analyzer:") for a in s.actions)
+    ]
+    assert len(checks) == 1
+    [statement] = checks
+    assert set(statement.actions) == {
+        "access-analyzer:ValidatePolicy",
+        "access-analyzer:CheckNoPublicAccess",
+    }
+    assert statement.choices == (("ReviewsPolicies", True),)
+    parameter = main_template["Parameters"]["AccessAnalyzerReview"]
+    assert parameter["Default"] == "Enabled"
+    assert main_template["Conditions"]["ReviewsPolicies"] == {
+        "Fn::Equals": [{"Ref": "AccessAnalyzerReview"}, "Enabled"]
+    }
 
 
 def test_xray_only_the_two_write_actions(deployed_template: dict[str, Any]) -> None:
@@ -518,6 +550,7 @@ def test_function_settings(main_template: dict[str, Any]) -> None:
         "ORGANIZATIONS_ROLE_ARN": {"Ref": "OrganizationsRoleArn"},
         "VERIFY_DELAY_SECONDS": "1",
         "REGISTRY_TABLE": {"Ref": "RegistryTable"},
+        "ACCESS_ANALYZER": {"Fn::If": ["ReviewsPolicies", "true", "false"]},
     }
     # A Lambda retry would run after CloudFormation had its answer and rolled back.
     assert props["EventInvokeConfig"] == {

@@ -118,12 +118,13 @@ def test_role_grants_the_providers_key_and_organization_access_and_no_more(
         "organizations",
         "sts",
         "kms",
+        "access-analyzer",
         "dynamodb",
         "cloudformation",
         "sqs",
     }
-    # The same statements, tag-guard branches included, as the provider's role.
-    for service in ("kms", "organizations", "sts", "xray"):
+    # The same statements, conditions included, as the provider's role.
+    for service in ("kms", "organizations", "sts", "xray", "access-analyzer"):
         assert _bodies(mine[service]) == _bodies(providers[service]), service
     for statement in mine["kms"]:
         assert set(statement.actions) == KMS_ACTIONS

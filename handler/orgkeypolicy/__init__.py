@@ -4,3 +4,5 @@ The pure core (``properties``, ``identifiers``, ``organization``, ``statements``
 holds no AWS client; ``aws`` is the only module that talks to AWS, ``resource`` runs the
 CloudFormation lifecycle over both, and ``cfn`` adapts crhelper's response handling.
 """
+
+__version__ = "0.2.0"

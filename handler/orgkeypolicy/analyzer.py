@@ -65,6 +65,7 @@ from botocore.exceptions import (
 from orgkeypolicy import keypolicy
 from orgkeypolicy.aws import client_config
 from orgkeypolicy.errors import OrgKeyPolicyError, shown
+from orgkeypolicy.planning import KeyPlan
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +129,7 @@ def classify(
     ``unavailable`` is the cause when a check did not answer (its findings are then empty or
     its answer ``None``).
     """
-    # keypolicy's own reading of Statement (a list, or one object in its place).
-    statements = keypolicy._statements(dict(policy))
+    statements = keypolicy.statement_list(dict(policy))
     single = isinstance(policy.get("Statement"), Mapping)
 
     def place(index: int | None) -> tuple[str | None, bool]:
@@ -420,3 +420,23 @@ def _log_finding(key_arn: str, finding: Finding, blocking: bool) -> None:
             "learn_more": finding.learn_more,
         },
     )
+
+
+class Gate:
+    """Access Analyzer's review as the last look before a key policy is written: a blocking
+    finding stops the write (a ``planning.PolicyReview``). Each distinct policy of a key is reviewed
+    once, so the check before the first write and the write itself cost one review."""
+
+    def __init__(self, analyzer: AccessAnalyzer) -> None:
+        self._analyzer = analyzer
+        self._passed: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, plan: KeyPlan, policy: keypolicy.Policy) -> None:
+        seen = (plan.key.arn, keypolicy.serialize(policy))
+        with self._lock:
+            if seen in self._passed:
+                return
+        require_clean(self._analyzer.review(plan.key.arn, policy, plan.prefix), plan.key.arn)
+        with self._lock:
+            self._passed.add(seen)

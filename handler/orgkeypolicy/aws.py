@@ -227,12 +227,13 @@ class KeyInfo:
         return cls(ref, arn, parts[4], parts[3], state="Unknown", manager="CUSTOMER")
 
 
-class _Pacer:
+class Pacer:
     """At most ``rate`` calls in any one second per region (``rate`` rounded up when it is not
     a whole number, and kept on average).
 
-    KMS counts its PutKeyPolicy quota per second, so a burst after a pause (a deploy's few
-    writes go out at once) must not come on top of a second's worth of paced writes: a call
+    AWS counts request quotas per second (KMS PutKeyPolicy, CloudTrail LookupEvents), so a
+    burst after a pause (a deploy's few writes go out at once) must not come on top of a
+    second's worth of paced calls: a call
     goes out once the call ``capacity`` calls before it is a whole window old, ``capacity``
     calls fitting a window of ``capacity / rate`` seconds.
     """
@@ -269,7 +270,7 @@ class KeyStore:
         self.pool = pool
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._pacer = _Pacer(write_rate)
+        self._pacer = Pacer(write_rate)
 
     def _client(self, region: str | None) -> Any:
         region = region or self._session.region_name or "us-east-1"

@@ -43,7 +43,7 @@ def size(policy: Policy) -> int:
     return len(serialize(policy).encode("utf-8"))
 
 
-def _statements(policy: Policy) -> list[Statement]:
+def statement_list(policy: Policy) -> list[Statement]:
     found = policy.get("Statement", [])
     # IAM allows a single statement object in place of a list.
     return [found] if isinstance(found, dict) else list(found)
@@ -56,13 +56,13 @@ def owns(statement: object, prefix: str) -> bool:
 
 def managed(policy: Policy, prefix: str) -> list[Statement]:
     """This resource's statements on the key, in their order."""
-    return [statement for statement in _statements(policy) if owns(statement, prefix)]
+    return [statement for statement in statement_list(policy) if owns(statement, prefix)]
 
 
 def strip(policy: Policy, prefix: str) -> Policy:
     """The policy without this resource's statements; everything else untouched."""
     result = copy.deepcopy(policy)
-    result["Statement"] = [s for s in _statements(result) if not owns(s, prefix)]
+    result["Statement"] = [s for s in statement_list(result) if not owns(s, prefix)]
     return result
 
 
@@ -75,7 +75,7 @@ def merge(policy: Policy, prefix: str, statements: Sequence[Statement]) -> Polic
     for statement in statements:
         if not owns(statement, prefix):
             raise ValueError(f"statement {statement.get('Sid')!r} lacks the prefix {prefix}")
-    existing = _statements(policy)
+    existing = statement_list(policy)
     place = next((i for i, s in enumerate(existing) if owns(s, prefix)), len(existing))
     kept = [s for s in existing if not owns(s, prefix)]
     result = copy.deepcopy(policy)

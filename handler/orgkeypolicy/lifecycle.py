@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 
 from orgkeypolicy import planning
+from orgkeypolicy.analyzer import AccessAnalyzer, Gate
 from orgkeypolicy.aws import KeyInfo, KeyStore, OrganizationsDirectory, identity
 from orgkeypolicy.aws import organizations_session as reader_session
 from orgkeypolicy.errors import OrgKeyPolicyError
@@ -26,7 +27,7 @@ from orgkeypolicy.properties import parse_properties
 from orgkeypolicy.registry import Record, Registry
 from orgkeypolicy.settings import Deadline, Settings
 from orgkeypolicy.statements import sid_prefix
-from orgkeypolicy.writing import Ledger, Writer, put_back, write_all
+from orgkeypolicy.writing import Ledger, Writer, rolled_back, write_all
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +106,11 @@ def apply(
         plan = planning.plan_resource(
             spec, prefix, lookup, store, targets, previous, settings.key_workers
         )
-        planning.check(plan)
+        gate = Gate(AccessAnalyzer(session, pool=settings.key_workers))
+        review = gate if settings.access_analyzer and not spec.dry_run else None
+        planning.check(plan, review)
         planning.log_selection(lookup.selection)
-        writer = Writer(store, leases, settings)
+        writer = Writer(store, leases, settings, review)
         ledger = Ledger()
         if spec.dry_run:
             logger.info("DryRun: nothing written", extra={"keys": [p.key.arn for p in plan.writes]})
@@ -132,10 +135,7 @@ def apply(
             )
         except OrgKeyPolicyError as error:
             # A grant the registry does not know would escape re-sync and verify: take it back.
-            unrestored = put_back(writer, ledger)
-            raise OrgKeyPolicyError(
-                f"{error}; {'NOT ' if unrestored else ''}restored {len(ledger.attempted)} keys"
-            ) from error
+            raise rolled_back(error, writer, ledger) from error
     return Outcome(prefix, plan.data(), ledger.writes, len(lookup.selection.granted))
 
 
@@ -172,7 +172,13 @@ def delete(
             *recorded_keys(record),
         ]
         cleanups = planning.cleanups(prefix, store, keys, settings.key_workers)
-        ledger = write_all(Writer(store, leases, settings), cleanups, deadline)
-        registry.delete(prefix)
+        writer = Writer(store, leases, settings)
+        ledger = write_all(writer, cleanups, deadline)
+        try:
+            registry.delete(prefix)
+        except OrgKeyPolicyError as error:
+            # The resource stays (DELETE_FAILED) and so does its record: give its keys back
+            # their grant, so that keys, record and stack agree until the Delete is retried.
+            raise rolled_back(error, writer, ledger) from error
     arns = ",".join(plan.key.arn for plan in cleanups)
     return Outcome(prefix, {"StatementSid": prefix, "KeyArns": arns}, ledger.writes)

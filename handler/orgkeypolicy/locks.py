@@ -42,6 +42,7 @@ LOCK_ID_PREFIX = "lock/"
 LEASE_SECONDS = 900
 # Waiting for a lock polls with a backoff that grows to this.
 _MAX_POLL = 1.0
+_RELEASE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -119,9 +120,9 @@ class Leases:
             if time.monotonic() > give_up:
                 until = datetime.fromtimestamp(current.expires, UTC).isoformat(timespec="seconds")
                 raise LockBusyError(
-                    f"{name}: locked by {current.holder}; retry when it ends (the lock lapses "
-                    f"at {until}), or delete item {LOCK_ID_PREFIX}{name} of table {self.table} "
-                    "if that writer is gone"
+                    f"Lock {LOCK_ID_PREFIX}{name} in table {self.table} is held by "
+                    f"{current.holder} until {until}; retry after that, or delete that item "
+                    "if the writer is gone"
                 )
             time.sleep(random.uniform(pause / 2, pause))  # noqa: S311 - jitter, not secrecy
             pause = min(pause * 2, _MAX_POLL)
@@ -172,6 +173,23 @@ class Leases:
         )
 
     def release(self, name: str) -> None:
+        """Delete our lock item. A lock left behind would hold up other writers until its lease
+        lapses, so a failed release is tried again a few times beyond botocore's own retries."""
+        for attempt in range(_RELEASE_ATTEMPTS):
+            try:
+                self._delete(name)
+            except RegistryError as error:
+                if attempt + 1 == _RELEASE_ATTEMPTS:
+                    # The lease runs out on its own, and this writer's family may take it again.
+                    logger.warning(
+                        "Could not release a lock", extra={"lock": name, "error": str(error)}
+                    )
+                    return
+                time.sleep(0.2 * (attempt + 1))
+            else:
+                return
+
+    def _delete(self, name: str) -> None:
         try:
             with table_errors(self.table, f"releasing the lock {name}"):
                 self._client.delete_item(
@@ -187,6 +205,3 @@ class Leases:
             # Gone already (a retried delete whose first answer was lost), or taken over by
             # another writer after our lease ran out: either way nothing of ours is left.
             logger.debug("Lock already released", extra={"lock": name})
-        except RegistryError as error:
-            # The lease runs out on its own, and this writer's family may take it again.
-            logger.warning("Could not release a lock", extra={"lock": name, "error": str(error)})

@@ -140,13 +140,38 @@ class BoundedReader:
         return self._call(lambda: self._reader.unit_path(organization_id, unit_id))
 
 
+# Called with the listings done and the listings known so far (the total grows as units appear).
+Progress = Callable[[int, int], None]
+
+
 @dataclass
 class Subtree:
-    """The accounts found below the named units, and how the walk went."""
+    """The accounts found below the named units, and how the walk went.
+
+    ``parents`` maps every account and unit found to the unit it sits directly in.
+    """
 
     accounts: dict[str, Account] = field(default_factory=dict)
     units_visited: int = 0
     paths: dict[str, str] = field(default_factory=dict)
+    parents: dict[str, str] = field(default_factory=dict)
+
+    def principal_org_path(self, organization_id: str, account_id: str) -> str:
+        """The account's ``aws:PrincipalOrgPaths`` value: the path of the unit it sits in.
+
+        IAM gives a principal the ``o-…/r-…/ou-…/`` path of its account's parent unit, without
+        the account ID (``ForAnyValue:StringEquals`` on an OU's path matches the accounts
+        directly in it). Known only for accounts of a walk that started at the root.
+        """
+        parent = self.parents[account_id]
+        if parent in self.paths:
+            return self.paths[parent]
+        ancestors = [parent]
+        while ancestors[0] in self.parents:
+            ancestors.insert(0, self.parents[ancestors[0]])
+        if not ancestors[0].startswith("r-"):
+            raise ValueError(f"{account_id}: the walk did not start at the root")
+        return unit_path(organization_id, ancestors)
 
 
 def walk(
@@ -155,6 +180,7 @@ def walk(
     *,
     include_nested: bool,
     max_workers: int,
+    progress: Progress | None = None,
 ) -> Subtree:
     """Collect the accounts directly in ``named`` units, and below them when ``include_nested``.
 
@@ -165,11 +191,19 @@ def walk(
     result = Subtree()
     visited: set[str] = set()
     lock = threading.Lock()
+    listed = 0
 
     def record_accounts(unit_id: str) -> None:
         found = directory.accounts(unit_id)
         with lock:
             result.accounts.update((account.id, account) for account in found)
+            result.parents.update((account.id, unit_id) for account in found)
+
+    def record_children(unit_id: str) -> list[Unit]:
+        children = directory.child_units(unit_id)
+        with lock:
+            result.parents.update((child.id, unit_id) for child in children)
+        return children
 
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="org-walk") as pool:
         pending: set[Future[Any]] = set()
@@ -182,7 +216,7 @@ def walk(
                 result.paths[unit.id] = unit.path
             pending.add(pool.submit(record_accounts, unit.id))
             if include_nested:
-                pending.add(pool.submit(directory.child_units, unit.id))
+                pending.add(pool.submit(record_children, unit.id))
 
         for unit_id in named:
             visit(Unit(unit_id))
@@ -192,6 +226,9 @@ def walk(
                 for future in done:
                     for child in future.result() or ():
                         visit(child)
+                listed += len(done)
+                if progress is not None:
+                    progress(listed, listed + len(pending))
         except BaseException:
             for future in pending:
                 future.cancel()

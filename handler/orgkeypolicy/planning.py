@@ -29,6 +29,9 @@ from orgkeypolicy.statements import Grantees, Statement, build_statements, diges
 
 logger = logging.getLogger(__name__)
 
+PolicyReview = Callable[["KeyPlan", keypolicy.Policy], None]
+"""A last look at a policy about to be written (Access Analyzer); raises to stop the write."""
+
 
 # --- The organization -------------------------------------------------------------------------
 
@@ -309,8 +312,9 @@ def _plan_key(
     return KeyPlan(key, prefix, before, build_statements(spec, prefix, grantees, mode), mode)
 
 
-def check(plan: Plan) -> None:
-    """Every check that must pass before the first write, naming the key and the fix."""
+def check(plan: Plan, review: PolicyReview | None = None) -> None:
+    """Every check that must pass before the first write, naming the key and the fix; then
+    ``review`` (Access Analyzer) of every policy that gains statements."""
     accounts = len(plan.lookup.selection.granted)
     for key_plan in plan.writes:
         problems = keypolicy.unsafe_reasons(key_plan.wanted)
@@ -319,6 +323,12 @@ def check(plan: Plan) -> None:
         after = key_plan.after()
         keypolicy.check_variables(after, key_plan.key.arn, key_plan.wanted)
         keypolicy.check_size(after, key_plan.key.arn, accounts)
+    if review is not None:
+        fan_out(
+            lambda key_plan: review(key_plan, key_plan.after()),
+            [key_plan for key_plan in plan.writes if key_plan.wanted and key_plan.changed],
+            len(plan.writes) or 1,
+        )
 
 
 def log_selection(selection: Selection) -> None:

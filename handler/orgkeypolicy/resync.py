@@ -33,6 +33,7 @@ from dataclasses import replace
 import boto3
 
 from orgkeypolicy import planning
+from orgkeypolicy.analyzer import AccessAnalyzer, Gate
 from orgkeypolicy.aws import (
     Identity,
     KeyStore,
@@ -48,7 +49,7 @@ from orgkeypolicy.identifiers import KeyRef
 from orgkeypolicy.lifecycle import now, recorded_keys, resource_lock
 from orgkeypolicy.locks import Leases
 from orgkeypolicy.organization import BoundedReader, Reader, SharedReader
-from orgkeypolicy.planning import KeyPlan, Plan
+from orgkeypolicy.planning import KeyPlan, Plan, PolicyReview
 from orgkeypolicy.properties import parse_properties
 from orgkeypolicy.registry import Record, Registry
 from orgkeypolicy.settings import Deadline, Settings
@@ -127,6 +128,12 @@ class _Run:
         self.registry = Registry(session, table)
         self.store = KeyStore(session, pool=settings.key_workers, write_rate=settings.write_rate)
         self.stacks = StackDirectory(session)
+        # Access Analyzer's review, as a deploy has it, of every policy the run would write.
+        self.review: PolicyReview | None = (
+            Gate(AccessAnalyzer(session, pool=settings.key_workers))
+            if apply and settings.access_analyzer
+            else None
+        )
         self.leases = Leases(
             session,
             table,
@@ -262,10 +269,13 @@ class _Run:
                 seen.updated_at,
             )
             plan, gone_refs = self._plan(record, redeployed)
-            report.keys = [_key_report(plan, key) for key in (*plan.targets, *plan.cleanups)]
+            report.keys = [
+                _key_report(plan, key, self.review) for key in (*plan.targets, *plan.cleanups)
+            ]
             report.keys += _gone(record, plan, gone_refs)
             if self.apply:
-                self._write(Writer(self.store, leases, self.settings), record, plan, report)
+                writer = Writer(self.store, leases, self.settings, self.review)
+                self._write(writer, record, plan, report)
 
     def _plan(self, record: Record, redeployed: bool) -> tuple[Plan, list[KeyRef]]:
         """The deploy's plan for the record's properties, and the references that no longer
@@ -314,15 +324,15 @@ class _Run:
             self.registry.mark_synced(record, now())
 
 
-def _key_report(plan: Plan, key_plan: KeyPlan) -> KeyReport:
+def _key_report(plan: Plan, key_plan: KeyPlan, review: PolicyReview | None) -> KeyReport:
     arn = key_plan.key.arn
     if key_plan.skipped:
         return KeyReport(arn, Status.KEY_GONE, reason=f"{arn} is {key_plan.skipped}; left as it is")
     difference = compare(key_plan.current, key_plan.wanted)
     try:
-        # The deploy's checks, one key at a time: one key that would not fit is reported
-        # while the others are written.
-        planning.check(replace(plan, targets=[key_plan], cleanups=[]))
+        # The deploy's checks, one key at a time: one key that would not fit, or that Access
+        # Analyzer refuses, is reported while the others are written.
+        planning.check(replace(plan, targets=[key_plan], cleanups=[]), review)
     except OrgKeyPolicyError as error:
         return KeyReport(arn, Status.ERROR, difference, reason=str(error))
     status = Status.DRIFT if key_plan.changed else Status.IN_SYNC

@@ -34,6 +34,8 @@ class Settings:
     default_role_arn: str | None = None
     # The DynamoDB table of the registry, which also holds the write locks.
     registry_table: str | None = None
+    # IAM Access Analyzer's review of every policy before it is written.
+    access_analyzer: bool = True
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -46,6 +48,7 @@ class Settings:
             resource_workers=int(env.get("RESYNC_CONCURRENCY", cls.resource_workers)),
             default_role_arn=env.get("ORGANIZATIONS_ROLE_ARN") or None,
             registry_table=env.get("REGISTRY_TABLE") or None,
+            access_analyzer=env.get("ACCESS_ANALYZER", "true").lower() != "false",
         )
 
 

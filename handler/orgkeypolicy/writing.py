@@ -16,15 +16,15 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 
 from orgkeypolicy import keypolicy
 from orgkeypolicy.aws import KeyStore, is_missing
 from orgkeypolicy.concurrency import settle
 from orgkeypolicy.errors import KeyAccessError, OrgKeyPolicyError, clip
 from orgkeypolicy.locks import Leases
-from orgkeypolicy.planning import KeyPlan
+from orgkeypolicy.planning import KeyPlan, PolicyReview
 from orgkeypolicy.settings import Deadline, Settings
 from orgkeypolicy.statements import Statement
 
@@ -34,9 +34,6 @@ logger = logging.getLogger(__name__)
 RESTORE_LOCK_WAIT = 30.0
 # Key IDs are unique across regions and 36 characters long: this many fit in a reason.
 _IDS_IN_A_REASON = 4
-
-Review = Callable[[KeyPlan, keypolicy.Policy], None]
-"""A last look at a policy about to be written (Access Analyzer); raises to stop the write."""
 
 
 def key_lock(key_arn: str) -> str:
@@ -64,7 +61,7 @@ class Writer:
     store: KeyStore
     leases: Leases
     settings: Settings
-    review: Review | None = None
+    review: PolicyReview | None = None
 
 
 def write_all(
@@ -89,18 +86,26 @@ def write_all(
         "Write failed; restoring the keys already changed",
         extra={"key": plan.key.arn, "error": str(error), "failed_keys": len(failures)},
     )
+    raise rolled_back(error, writer, ledger) from error
+
+
+def rolled_back(error: Exception, writer: Writer, ledger: Ledger) -> OrgKeyPolicyError:
+    """Put back every attempted key; the error to report, naming first any key left changed
+    (the reason's length limit must spare them)."""
     unrestored = put_back(writer, ledger)
     if unrestored:
-        raise OrgKeyPolicyError(f"{_not_restored(unrestored)}; {error}") from error
-    raise OrgKeyPolicyError(f"{error}; {len(ledger.attempted)} changed keys restored") from error
+        return OrgKeyPolicyError(f"{_not_restored(unrestored)}; {error}")
+    return OrgKeyPolicyError(f"{error}; {len(ledger.attempted)} changed keys restored")
 
 
 def put_back(writer: Writer, ledger: Ledger) -> list[str]:
     """Give every attempted key back this resource's statements as they were before; the ARNs
     of the keys that could not be put back."""
     attempted = list(ledger.attempted.values())
+    # Giving a key back what it held is never a new grant: no review stops it.
+    restorer = replace(writer, review=None)
     errors = settle(
-        lambda plan: converge(writer, plan, plan.current, None, Ledger()),
+        lambda plan: converge(restorer, plan, plan.current, None, Ledger()),
         attempted,
         writer.settings.key_workers,
     )
@@ -128,44 +133,35 @@ def converge(
 
     Emptying a key that is gone or pending deletion is done already: it is no error.
     """
+    store, settings, prefix = writer.store, writer.settings, plan.prefix
+    wait = deadline.remaining() if deadline is not None else RESTORE_LOCK_WAIT
     try:
-        _converge(writer, plan, wanted, deadline, ledger)
+        with writer.leases.held(key_lock(plan.key.arn), wait):
+            # Read afresh under the lock: the plan's copy may be stale by now.
+            policy = keypolicy.parse(store.read(plan.key))
+            for _ in range(settings.write_attempts):
+                if keypolicy.managed(policy, prefix) == wanted:
+                    return
+                target = keypolicy.merge(policy, prefix, wanted)
+                keypolicy.check_size(target, plan.key.arn, _principal_count(wanted))
+                if writer.review is not None and wanted:
+                    writer.review(plan, target)
+                if deadline is not None:
+                    deadline.check(f"writing {plan.key.arn}")
+                ledger.attempt(plan)
+                store.write(plan.key, keypolicy.serialize(target))
+                # Jitter keeps two writers that collided from colliding again.
+                time.sleep(settings.verify_delay * random.uniform(1.0, 1.5))  # noqa: S311
+                if deadline is not None:
+                    deadline.check(f"reading back {plan.key.arn}")
+                policy = keypolicy.parse(store.read(plan.key))
     except KeyAccessError as error:
         if wanted or not is_missing(error):
             raise
         logger.info(
             "Key is gone or pending deletion; nothing to remove", extra={"key": plan.key.arn}
         )
-
-
-def _converge(
-    writer: Writer,
-    plan: KeyPlan,
-    wanted: list[Statement],
-    deadline: Deadline | None,
-    ledger: Ledger,
-) -> None:
-    store, settings, prefix = writer.store, writer.settings, plan.prefix
-    wait = deadline.remaining() if deadline is not None else RESTORE_LOCK_WAIT
-    with writer.leases.held(key_lock(plan.key.arn), wait):
-        # Read afresh under the lock: the plan's copy may be stale by now.
-        policy = keypolicy.parse(store.read(plan.key))
-        for _ in range(settings.write_attempts):
-            if keypolicy.managed(policy, prefix) == wanted:
-                return
-            target = keypolicy.merge(policy, prefix, wanted)
-            keypolicy.check_size(target, plan.key.arn, _principal_count(wanted))
-            if writer.review is not None and wanted:
-                writer.review(plan, target)
-            if deadline is not None:
-                deadline.check(f"writing {plan.key.arn}")
-            ledger.attempt(plan)
-            store.write(plan.key, keypolicy.serialize(target))
-            # Jitter keeps two writers that collided from colliding again.
-            time.sleep(settings.verify_delay * random.uniform(1.0, 1.5))  # noqa: S311
-            if deadline is not None:
-                deadline.check(f"reading back {plan.key.arn}")
-            policy = keypolicy.parse(store.read(plan.key))
+        return
     if keypolicy.managed(policy, prefix) != wanted:
         raise KeyAccessError(
             clip(

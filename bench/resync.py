@@ -269,6 +269,7 @@ def deploy(resource: Resource, settings: Settings, request_type: str = "Create")
 def run(args: argparse.Namespace) -> ResyncResults:
     draw = random.Random(args.seed)
     latency = args.latency / 1000
+    # The tuning the function runs with; the environment of the local AWS comes in below.
     settings = replace(Settings(), verify_delay=args.verify_delay)
     results = ResyncResults(
         settings={
@@ -286,8 +287,8 @@ def run(args: argparse.Namespace) -> ResyncResults:
     )
     started = time.perf_counter()
     with local_aws(OrgShape(args.accounts, args.ous, 5, args.seed), latency) as local:
-        # The registry table comes with the local AWS.
-        settings = replace(settings, registry_table=Settings.from_environment().registry_table)
+        # The registry table, and no Access Analyzer review (moto has none), come with it.
+        settings = replace(Settings.from_environment(), verify_delay=args.verify_delay)
         org = moved_copy(local.org)
         results.organization = {
             "accounts": org.account_count,

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench docs stackset clean
+.PHONY: demo test lint bench bench-resync docs stackset clean
 
 $(STAMP): requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+bench-resync: $(STAMP)
+	$(BIN)/python bench/run.py resync
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict

@@ -1,9 +1,12 @@
-"""Lambda entry point: crhelper and Powertools wired to ``orgkeypolicy.lifecycle``. Nothing else."""
+"""Lambda entry points, wiring only: crhelper and Powertools to ``orgkeypolicy.lifecycle`` (the
+custom resource), and Powertools' event classes and batch utility to ``orgkeypolicy.resync``
+(the re-sync function)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
@@ -12,15 +15,26 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.data_classes import CloudFormationCustomResourceEvent
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes import (
+    CloudFormationCustomResourceEvent,
+    EventBridgeEvent,
+    SQSEvent,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from aws_xray_sdk.core import xray_recorder
 
-from orgkeypolicy import __version__, concurrency, lifecycle
+from orgkeypolicy import __version__, concurrency, lifecycle, resync
 from orgkeypolicy.cfn import CustomResource
+from orgkeypolicy.drift import Status
 from orgkeypolicy.errors import OrgKeyPolicyError
 from orgkeypolicy.settings import Deadline, Settings
-from orgkeypolicy.statements import sid_prefix
+from orgkeypolicy.statements import SID_PREFIX_BASE, sid_prefix
 
 # The template sets POWERTOOLS_*; the fallbacks keep local runs (tests, the demo) working.
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "OrgKeyPolicy")
@@ -64,6 +78,9 @@ concurrency.carry_context(carry_trace)
 
 # Kept back from the Lambda timeout to put keys back and answer CloudFormation.
 RESERVE_SECONDS = 45.0
+# Kept back from the re-sync function's timeout to finish the keys under way and report.
+RESYNC_RESERVE_SECONDS = 60.0
+SID_PREFIX = re.compile(rf"{SID_PREFIX_BASE}[0-9a-f]{{16}}")
 
 Step = Callable[[lifecycle.Request, boto3.Session, Settings, Deadline], lifecycle.Outcome]
 
@@ -126,3 +143,93 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> None:
     )
     tracer.put_annotation(key="version", value=__version__)
     helper(event, context)
+
+
+# --- The re-sync function ---------------------------------------------------------------------
+
+
+def _requested(event: Mapping[str, Any]) -> list[str] | None:
+    """The Sid prefixes of a direct invocation ``{"resources": [...]}``; ``None``: all."""
+    if "resources" not in event:
+        return None
+    prefixes = event["resources"]
+    if not isinstance(prefixes, list) or not prefixes:
+        raise ValueError(
+            'resources: give a non-empty list of Sid prefixes, e.g. {"resources": '
+            f'["{SID_PREFIX_BASE}0123456789abcdef"]}}, or leave it out to re-sync every resource'
+        )
+    for prefix in prefixes:
+        if not isinstance(prefix, str) or not SID_PREFIX.fullmatch(prefix):
+            raise ValueError(
+                f"resources: {prefix!r} is not a Sid prefix ({SID_PREFIX_BASE} and 16 hex "
+                "digits: the StatementSid attribute of the resource)"
+            )
+    return prefixes
+
+
+def _note(event: EventBridgeEvent) -> None:
+    """Log what woke the run. Its content is not applied: the run reads the organization as it
+    is now, so any number of events come to one run that starts after the last of them."""
+    detail = event.detail if isinstance(event.get("detail"), dict) else {}
+    logger.info(
+        "Re-sync triggered",
+        extra={
+            "source": event.source,
+            "detail_type": event.detail_type,
+            "event_name": detail.get("eventName"),
+            "event_time": event.time,
+        },
+    )
+
+
+def _note_record(record: SQSRecord) -> None:
+    _note(EventBridgeEvent(record.json_body))
+
+
+def _resync(only: Sequence[str] | None, context: LambdaContext) -> dict[str, Any]:
+    left = context.get_remaining_time_in_millis() / 1000
+    deadline = Deadline(max(left - RESYNC_RESERVE_SECONDS, left / 2))
+    report = resync.run(
+        boto3.Session(),
+        settings,
+        only=only,
+        apply=True,
+        deadline=deadline,
+        run_id=context.aws_request_id,
+    )
+    summary = report.summary()
+    for name, value in (
+        ("ResourcesChecked", summary["resources"]),
+        ("KeysDrifted", len(report.keys(Status.DRIFT))),
+        ("KeysRewritten", summary["keys_rewritten"]),
+        ("AccountsAdded", summary["accounts_added"]),
+        ("AccountsRemoved", summary["accounts_removed"]),
+        ("Failures", len(summary["failures"])),
+    ):
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    logger.info("Re-sync summary", extra={"summary": summary})
+    return summary
+
+
+@logger.inject_lambda_context(log_event=False, clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def resync_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """One re-sync per invocation: from the queue (a batch of Organizations events or
+    schedules: the batch response is returned, the summary logged), a scheduled EventBridge
+    event, or a direct ``{"resources": ["<Sid prefix>", ...]}`` (both return the summary)."""
+    if "Records" in event:
+        batch = process_partial_response(
+            event=event,
+            record_handler=_note_record,
+            processor=BatchProcessor(event_type=EventType.SQS),
+            context=context,
+        )
+        logger.info("Queued events", extra={"messages": len(list(SQSEvent(event).records))})
+        # A failed run raises: every message of the batch returns to the queue for a retry.
+        _resync(None, context)
+        return dict(batch)
+    if "detail-type" in event:
+        _note(EventBridgeEvent(event))
+        return _resync(None, context)
+    return _resync(_requested(event), context)

@@ -173,7 +173,8 @@ def _read_iam_resources_as_cloudformation_does() -> None:
       writes a condition key built with ``Fn::Sub``; moto takes text for a role's trust
       policy but encodes it once more for ``AWS::IAM::ManagedPolicy``;
     - an inline policy that ``Fn::If`` turns into ``AWS::NoValue`` is left out of a role's
-      ``Policies``; moto keeps it as ``None`` and fails on it.
+      ``Policies``, and such a statement out of a managed policy's ``Statement``; moto keeps
+      them as ``None`` and fails on them.
     """
     policy_from_cfn = iam_models.ManagedPolicy.create_from_cloudformation_json
     role_from_cfn = iam_models.Role.create_from_cloudformation_json
@@ -189,7 +190,14 @@ def _read_iam_resources_as_cloudformation_does() -> None:
     def parsed(properties: dict[str, Any]) -> dict[str, Any]:
         document = properties.get("PolicyDocument")
         if isinstance(document, str):
-            properties["PolicyDocument"] = json.loads(document)
+            document = json.loads(document)
+        if isinstance(document, dict) and isinstance(document.get("Statement"), list):
+            # A statement that Fn::If turned into AWS::NoValue is left out, as CloudFormation does.
+            document = {
+                **document,
+                "Statement": [s for s in document["Statement"] if s is not None],
+            }
+        properties["PolicyDocument"] = document
         return properties
 
     def present(properties: dict[str, Any]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ def test_site_builds_strictly_and_offline(tmp_path: Path) -> None:
         "rollout",
         "safety",
         "cli",
+        "resync",
         "validation",
         "local",
         "development",

@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orgkeypolicy.organization import Account, Unit, select_accounts, unit_path, walk
+from orgkeypolicy.organization import (
+    Account,
+    BoundedReader,
+    Unit,
+    select_accounts,
+    unit_path,
+    walk,
+)
 
 
 class Tree:
@@ -89,6 +96,44 @@ def test_walk_runs_listings_concurrently_within_the_bound() -> None:
     assert wide.most_in_flight == 4
     # 26 calls of 50 ms: sequentially 1.3 s; four at a time about 0.35 s.
     assert elapsed < 0.9
+
+
+class ReaderTree(Tree):
+    """A ``Tree`` with the rest of a ``Reader``."""
+
+    def organization_id(self) -> str:
+        return "o-abcdefghij"
+
+    def account(self, account_id: str) -> Account:
+        self._enter("account", account_id)
+        return Account(account_id, "ACTIVE")
+
+    def unit_path(self, organization_id: str, unit_id: str) -> str:
+        return unit_path(organization_id, ["r-root", unit_id])
+
+
+def test_a_bounded_reader_caps_the_calls_of_every_walk_together() -> None:
+    wide = ReaderTree(
+        children={"r-root": [f"ou-{i}" for i in range(12)]},
+        accounts={f"ou-{i}": [Account(f"{i:012d}", "ACTIVE")] for i in range(12)},
+        delay=0.02,
+    )
+    bounded = BoundedReader(wide, 3)
+    found: list[int] = []
+
+    def walk_all() -> None:
+        found.append(len(walk(bounded, ["r-root"], include_nested=True, max_workers=4).accounts))
+
+    walkers = [threading.Thread(target=walk_all) for _ in range(4)]
+    for walker in walkers:
+        walker.start()
+    bounded.account("000000000001")
+    for walker in walkers:
+        walker.join(10)
+    assert found == [12] * 4
+    assert wide.most_in_flight == 3
+    assert bounded.organization_id() == "o-abcdefghij"
+    assert bounded.unit_path("o-abcdefghij", "ou-1") == "o-abcdefghij/r-root/ou-1/"
 
 
 def test_walk_raises_the_first_error() -> None:

@@ -27,6 +27,7 @@ from tests.test_template import FUNCTION, REPO, TEMPLATE, _cfn_lint, _output
 
 READER_ARN = f"arn:aws:iam::{MOTO_ACCOUNT_ID}:role/OrgKeyPolicyOrganizationsReader"
 TAG = "aws:ResourceTag/orgkeypolicy:share"
+RESYNC_FUNCTION = "ResyncFunction"
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """What `sam build` leaves for the packaging step: one directory per function and layer."""
     build = tmp_path_factory.mktemp("build")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache")
-    shutil.copytree(REPO / "handler", build / FUNCTION, ignore=ignore)
+    # Both functions are built from the same code.
+    for function in (FUNCTION, RESYNC_FUNCTION):
+        shutil.copytree(REPO / "handler", build / function, ignore=ignore)
     layer = build / "DependenciesLayer" / "python"
     layer.mkdir(parents=True)
     (layer / "dependency.py").write_text("VALUE = 1\n")
@@ -69,7 +72,11 @@ def test_every_region_reads_the_code_from_its_own_bucket(stackset: Any) -> None:
         for r in template["Resources"].values()
         if r["Type"] in ("AWS::Lambda::Function", "AWS::Lambda::LayerVersion")
     }
-    assert sorted(located.values()) == ["AWS::Lambda::Function", "AWS::Lambda::LayerVersion"]
+    assert sorted(located.values()) == [
+        "AWS::Lambda::Function",
+        "AWS::Lambda::Function",
+        "AWS::Lambda::LayerVersion",
+    ]
     assert set(located) == set(stackset.archives)
     for resource in template["Resources"].values():
         code = resource["Properties"].get("Code") or resource["Properties"].get("Content")
@@ -164,6 +171,7 @@ NOT_CREATED_BY_MOTO = frozenset(
         "AWS::Lambda::EventInvokeConfig",
         "AWS::IAM::RolePolicy",
         "AWS::CloudWatch::Alarm",
+        "AWS::SQS::QueuePolicy",
     }
 )
 
@@ -232,8 +240,12 @@ def test_the_stackset_deploys_to_every_account_and_region_of_an_ou(
             role = iam.get_role(RoleName=f"OrgKeyPolicy-Provider-{region}")["Role"]
             assert role["Arn"] == f"arn:aws:iam::{account}:role/OrgKeyPolicy-Provider-{region}"
             lambda_ = session.client("lambda", region_name=region, endpoint_url=aws.url)
-            (function,) = lambda_.list_functions()["Functions"]
+            functions = {f["Handler"]: f for f in lambda_.list_functions()["Functions"]}
+            assert set(functions) == {"app.lambda_handler", "app.resync_handler"}
+            function = functions["app.lambda_handler"]
             assert function["Role"] == role["Arn"]
+            resync = functions["app.resync_handler"]
+            assert resync["Role"].endswith(f":role/OrgKeyPolicy-Resync-{region}")
             assert function["Description"] == f"Provider of Custom::OrgKeyPolicy {__version__}"
             variables = function["Environment"]["Variables"]
             assert variables["ORGANIZATIONS_ROLE_ARN"] == READER_ARN

@@ -13,7 +13,13 @@ from orgkeypolicy import keypolicy
 from orgkeypolicy.capacity import accounts_that_fit
 from orgkeypolicy.errors import InvalidPropertyError
 from orgkeypolicy.properties import PrincipalMode, Spec, parse_properties
-from orgkeypolicy.statements import Grantees, build_statements, digest, sid_prefix
+from orgkeypolicy.statements import (
+    Grantees,
+    build_statements,
+    digest,
+    granted_accounts,
+    sid_prefix,
+)
 from tests.policychecks import assert_policy_safe
 
 ORG = "o-abcdefghij"
@@ -250,3 +256,27 @@ def test_every_built_policy_passes_independent_checks(
     assert statements
     assert keypolicy.unsafe_reasons(statements) == []
     assert_policy_safe({"Version": "2012-10-17", "Statement": statements})
+
+
+@settings(max_examples=40, deadline=None)
+@given(accounts=st.sets(st.from_regex(r"[0-9]{12}", fullmatch=True), max_size=8))
+def test_granted_accounts_are_the_accounts_the_statements_were_built_for(
+    accounts: set[str],
+) -> None:
+    grantees = replace(GRANTEES, accounts=tuple(sorted(accounts)), outside_units=())
+    for mode in (PrincipalMode.ACCOUNTS, PrincipalMode.ORG_PATHS):
+        built = build_statements(spec(AllowGrants="true"), PREFIX, grantees, mode)
+        # OrgPaths grants by path: it names no account.
+        assert granted_accounts(built) == (accounts if mode is PrincipalMode.ACCOUNTS else set())
+
+
+def test_granted_accounts_reads_bare_ids_and_passes_over_other_principals() -> None:
+    statements: list[dict[str, object]] = [
+        {"Principal": {"AWS": "111111111111"}},
+        {"Principal": {"AWS": ["arn:aws-cn:iam::222222222222:root", "arn:aws:iam::3:root"]}},
+        {"Principal": {"AWS": ["arn:aws:iam::444444444444:role/app", "*"]}},
+        {"Principal": {"Service": "logs.amazonaws.com"}},
+        {"Principal": "*"},
+        {"Principal": {"AWS": {"odd": "shape"}}},
+    ]
+    assert granted_accounts(statements) == {"111111111111", "222222222222"}

@@ -37,6 +37,7 @@ VENV_BIN = Path(sys.executable).parent
 
 FUNCTION = "OrgKeyPolicyFunction"
 FUNCTION_ROLE = "OrgKeyPolicyFunctionRole"
+RESYNC_ROLE = "ResyncFunctionRole"
 LOG_GROUP = "OrgKeyPolicyFunctionLogGroup"
 READER_ROLE = "OrganizationsReaderRole"
 
@@ -116,6 +117,8 @@ def _translate(template: dict[str, Any]) -> dict[str, Any]:
             if isinstance(props.get(key), str):
                 # `sam package` replaces local paths with S3 locations before the transform.
                 props[key] = "s3://bucket/artifact.zip"
+    if "CodeUri" in sam.get("Globals", {}).get("Function", {}):
+        sam["Globals"]["Function"]["CodeUri"] = "s3://bucket/artifact.zip"
     translator = Translator(
         None, Parser(), boto_session=boto3.session.Session(region_name="us-east-1")
     )
@@ -230,6 +233,21 @@ def _statements(template: dict[str, Any]) -> list[Statement]:
     return found
 
 
+def _role_statements(template: dict[str, Any], role: str) -> list[Statement]:
+    """The statements of ``role``: its trust policy, its inline policies and the policy
+    resources attached to it."""
+    resources = template["Resources"]
+
+    managed = _attached(template, role)
+
+    def attached(name: str) -> bool:
+        props = resources[name].get("Properties", {})
+        names = [props.get("RoleName"), *props.get("Roles", [])]
+        return name == role or name in managed or {"Ref": role} in names
+
+    return [statement for statement in _statements(template) if attached(statement.resource)]
+
+
 def _condition_is_not_empty(template: dict[str, Any], condition: str, parameter: str) -> None:
     """Assert that `condition` is exactly: the parameter is not the empty string."""
     definition = template["Conditions"][condition]
@@ -332,11 +350,13 @@ def test_no_aws_managed_policies(
 def test_function_runs_with_the_templates_own_role(deployed_template: dict[str, Any]) -> None:
     resources = deployed_template["Resources"]
     roles = [n for n, r in resources.items() if r["Type"] == "AWS::IAM::Role"]
-    assert roles == [FUNCTION_ROLE], "the SAM transform must not add a role of its own"
+    assert sorted(roles) == sorted([FUNCTION_ROLE, RESYNC_ROLE]), (
+        "the SAM transform must not add a role of its own"
+    )
     function = resources[FUNCTION]
     assert function["Type"] == "AWS::Lambda::Function"
     assert function["Properties"]["Role"] == {"Fn::GetAtt": [FUNCTION_ROLE, "Arn"]}
-    (trust,) = [s for s in _statements(deployed_template) if s.trust]
+    (trust,) = [s for s in _role_statements(deployed_template, FUNCTION_ROLE) if s.trust]
     assert trust.body["Principal"] == {"Service": "lambda.amazonaws.com"}
     assert trust.actions == ["sts:AssumeRole"]
 
@@ -344,7 +364,7 @@ def test_function_runs_with_the_templates_own_role(deployed_template: dict[str, 
 def test_function_role_grants_only_the_expected_services(
     deployed_template: dict[str, Any],
 ) -> None:
-    permissions = [s for s in _statements(deployed_template) if not s.trust]
+    permissions = [s for s in _role_statements(deployed_template, FUNCTION_ROLE) if not s.trust]
     services = {a.split(":")[0] for s in permissions for a in s.actions}
     assert services == {
         "logs",
@@ -368,7 +388,9 @@ def test_logs_only_to_the_functions_own_log_group(deployed_template: dict[str, A
     log_group = resources[LOG_GROUP]["Properties"]
     assert log_group["LogGroupName"] == {"Fn::Sub": f"/aws/lambda/${{{FUNCTION}}}"}
     logs = [
-        s for s in _statements(deployed_template) if any(a.startswith("logs:") for a in s.actions)
+        s
+        for s in _role_statements(deployed_template, FUNCTION_ROLE)
+        if any(a.startswith("logs:") for a in s.actions)
     ]
     assert logs
     for statement in logs:
@@ -385,7 +407,7 @@ def test_access_analyzer_only_the_two_policy_checks_and_only_when_reviews_are_on
 ) -> None:
     checks = [
         s
-        for s in _statements(deployed_template)
+        for s in _role_statements(deployed_template, FUNCTION_ROLE)
         if any(a.startswith("access-analyzer:") for a in s.actions)
     ]
     assert len(checks) == 1
@@ -404,7 +426,9 @@ def test_access_analyzer_only_the_two_policy_checks_and_only_when_reviews_are_on
 
 def test_xray_only_the_two_write_actions(deployed_template: dict[str, Any]) -> None:
     xray = [
-        s for s in _statements(deployed_template) if any(a.startswith("xray:") for a in s.actions)
+        s
+        for s in _role_statements(deployed_template, FUNCTION_ROLE)
+        if any(a.startswith("xray:") for a in s.actions)
     ]
     assert len(xray) == 1
     assert set(xray[0].actions) == {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
@@ -419,7 +443,10 @@ def test_organizations_actions_are_the_read_only_list(all_statements: list[State
             assert set(statement.actions) == set(actions), "keep Organizations apart"
             assert statement.resources == ["*"], statement
             granted.setdefault(statement.resource, set()).update(actions)
-    assert granted == {FUNCTION_ROLE: set(ORGANIZATIONS_READ), READER_ROLE: set(ORGANIZATIONS_READ)}
+    # The functions' roles share one managed policy; the reader role has its own.
+    assert granted == {
+        name: set(ORGANIZATIONS_READ) for name in ("OrganizationAccessPolicy", READER_ROLE)
+    }
     for action in ORGANIZATIONS_READ:
         assert re.fullmatch(r"organizations:(Describe|List)[A-Za-z]+", action)
 
@@ -428,7 +455,9 @@ def test_kms_limited_to_key_policy_actions_on_the_accounts_keys(
     deployed_template: dict[str, Any],
 ) -> None:
     everything = [
-        s for s in _statements(deployed_template) if any(a.startswith("kms:") for a in s.actions)
+        s
+        for s in _role_statements(deployed_template, FUNCTION_ROLE)
+        if any(a.startswith("kms:") for a in s.actions)
     ]
     kms = everything
     assert {s.resource for s in kms} <= _attached(deployed_template, FUNCTION_ROLE)
@@ -474,19 +503,19 @@ def test_assume_role_only_on_the_parameter_and_only_when_set(
 ) -> None:
     sts = [
         s
-        for s in _statements(deployed_template)
+        for s in _role_statements(deployed_template, FUNCTION_ROLE)
         if not s.trust and any(a.startswith("sts:") for a in s.actions)
     ]
     assert len(sts) == 2, sts
     reader, allowed = sts
     for statement in sts:
         assert statement.actions == ["sts:AssumeRole"]
-        assert statement.choices[0] == ("AssumesReader", True)
+        assert statement.resource == "OrganizationAccessPolicy"
     assert reader.resources == ["${OrganizationsRoleArn}"]
-    assert reader.choices[1:] == (("HasOrganizationsRole", True),)
+    assert reader.choices == (("HasOrganizationsRole", True),)
     # The list parameter is the Resource list itself.
     assert allowed.body["Resource"] == {"Ref": "AllowedOrganizationsRoles"}
-    assert allowed.choices[1:] == (("HasAllowedRoles", True),)
+    assert allowed.choices == (("HasAllowedRoles", True),)
     _condition_is_not_empty(deployed_template, "HasOrganizationsRole", "OrganizationsRoleArn")
 
 
@@ -503,7 +532,7 @@ def test_organizations_role_parameter_accepts_empty_or_a_role_arn(
         assert not pattern.fullmatch(bad), bad
 
 
-def test_reader_role_trusts_the_function_role_when_named(reader_template: dict[str, Any]) -> None:
+def test_reader_role_trusts_the_function_roles_when_named(reader_template: dict[str, Any]) -> None:
     statements = _statements(reader_template)
     trust = [s for s in statements if s.trust and s.choices == (("TrustsOneRole", True),)]
     assert len(trust) == 1, trust
@@ -511,7 +540,14 @@ def test_reader_role_trusts_the_function_role_when_named(reader_template: dict[s
     assert statement.resource == READER_ROLE
     assert statement.body["Effect"] == "Allow"
     assert statement.actions == ["sts:AssumeRole"]
-    assert statement.body["Principal"] == {"AWS": {"Ref": "FunctionRoleArn"}}
+    assert statement.body["Principal"] == {
+        "AWS": [
+            {"Ref": "FunctionRoleArn"},
+            {"Fn::If": ["HasResyncRole", {"Ref": "ResyncRoleArn"}, NO_VALUE]},
+        ]
+    }
+    _condition_is_not_empty(reader_template, "HasResyncRole", "ResyncRoleArn")
+    assert reader_template["Parameters"]["ResyncRoleArn"]["Default"] == ""
     assert "Condition" not in statement.body
     assert set(reader_template["Parameters"]["FunctionRoleArn"]) >= {"AllowedPattern"}
     _condition_is_not_empty(reader_template, "TrustsOneRole", "FunctionRoleArn")
@@ -529,7 +565,11 @@ def test_reader_role_trusts_the_function_role_when_named(reader_template: dict[s
 
 
 def test_function_settings(main_template: dict[str, Any]) -> None:
-    props = main_template["Resources"][FUNCTION]["Properties"]
+    # What both functions share is in the template's Globals.
+    props = {
+        **main_template["Globals"]["Function"],
+        **main_template["Resources"][FUNCTION]["Properties"],
+    }
     assert props["CodeUri"] == "handler/"
     assert props["Handler"] == "app.lambda_handler"
     assert props["Runtime"] == "python3.13"

@@ -130,7 +130,10 @@ def test_key_policy_permissions_are_defined_once(deployed: dict[str, Any]) -> No
     roles = [name for name, r in resources.items() if r["Type"] == "AWS::IAM::Role"]
     for role in roles:
         attached = resources[role]["Properties"].get("ManagedPolicyArns", [])
-        assert attached == [{"Ref": "KeyPolicyAccessPolicy"}], role
+        assert attached == [
+            {"Ref": "KeyPolicyAccessPolicy"},
+            {"Ref": "OrganizationAccessPolicy"},
+        ], role
 
 
 # --- The Organizations role -----------------------------------------------------------------------

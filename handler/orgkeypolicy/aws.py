@@ -13,8 +13,10 @@ such as ``us-esat-1``, an opt-in region that is not enabled) or a connection tha
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -226,25 +228,36 @@ class KeyInfo:
 
 
 class Pacer:
-    """Spaces calls to at most ``rate`` per second per region, with a burst of ``rate``.
+    """At most ``rate`` calls in any one second per region (``rate`` rounded up when it is not
+    a whole number, and kept on average).
 
-    A token bucket: a deploy's few writes go out at once, while a re-sync of hundreds of keys
-    stays under KMS's PutKeyPolicy quota instead of living on throttling and retries.
+    AWS counts request quotas per second (KMS PutKeyPolicy, CloudTrail LookupEvents), so a
+    burst after a pause (a deploy's few writes go out at once) must not come on top of a
+    second's worth of paced calls: a call
+    goes out once the call ``capacity`` calls before it is a whole window old, ``capacity``
+    calls fitting a window of ``capacity / rate`` seconds.
     """
 
     def __init__(self, rate: float) -> None:
-        self._interval = 1.0 / rate
-        self._burst = rate * self._interval
+        self._capacity = max(1, math.ceil(rate))
+        self._window = self._capacity / rate
         self._lock = threading.Lock()
-        self._next: dict[str, float] = {}
+        self._slots: dict[str, deque[float]] = {}
+
+    def reserve(self, region: str, now: float) -> float:
+        """The moment (``now`` or later) at which the next call in ``region`` may go out."""
+        with self._lock:
+            slots = self._slots.setdefault(region, deque(maxlen=self._capacity))
+            # Never before the previous call: threads read the clock before taking turns.
+            slot = max(now, slots[-1]) if slots else now
+            if len(slots) == self._capacity:
+                slot = max(slot, slots[0] + self._window)
+            slots.append(slot)
+        return slot
 
     def wait(self, region: str) -> None:
-        with self._lock:
-            now = time.monotonic()
-            # The bucket is full when the schedule lags the clock by a whole burst.
-            slot = max(self._next.get(region, now), now - self._burst + self._interval)
-            self._next[region] = slot + self._interval
-        delay = slot - now
+        now = time.monotonic()
+        delay = self.reserve(region, now) - now
         if delay > 0:
             time.sleep(delay)
 
@@ -385,3 +398,40 @@ def is_denied(error: BaseException) -> bool:
 def is_missing(error: BaseException) -> bool:
     """Whether a KMS error says the key is gone or going (not an error on Delete)."""
     return _cause_code(error) in (_KEY_NOT_FOUND, "KMSInvalidStateException")
+
+
+class StackDirectory:
+    """CloudFormation DescribeStacks, in whichever region a stack lives."""
+
+    def __init__(self, session: boto3.Session) -> None:
+        self._session = session
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def status(self, stack_id: str) -> str | None:
+        """The stack's status (``DELETE_COMPLETE`` for a deleted one, which CloudFormation
+        keeps describing by ID for a while), or ``None`` when it knows no such stack."""
+        region = stack_id.split(":")[3]
+        with self._lock:
+            if region not in self._clients:
+                self._clients[region] = self._session.client(
+                    "cloudformation",
+                    region_name=region,
+                    config=client_config("standard", attempts=5, pool=4),
+                )
+            client = self._clients[region]
+        try:
+            stacks = client.describe_stacks(StackName=stack_id)["Stacks"]
+        except ClientError as error:
+            message = str(error.response.get("Error", {}).get("Message", ""))
+            if error_code(error) == "ValidationError" and "does not exist" in message:
+                return None
+            raise OrgKeyPolicyError(
+                f"CloudFormation DescribeStacks {stack_id} failed ({error_code(error)}); "
+                "check the function role's cloudformation:DescribeStacks permission"
+            ) from error
+        except BotoCoreError as error:
+            raise OrgKeyPolicyError(
+                f"CloudFormation in {region} could not be reached ({_why(error)}); retry"
+            ) from error
+        return str(stacks[0]["StackStatus"]) if stacks else None

@@ -18,6 +18,7 @@ re-sync of it, so they take turns. DynamoDB's conditional writes make each step 
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import time
@@ -75,6 +76,15 @@ class Leases:
         self._holder = holder
         self._lease = lease
         self._client = table_client(session, pool)
+
+    def member(self, *, family: str, run_id: str, holder: str) -> Leases:
+        """Another owner's locks on the same table, sharing this one's client (a client is
+        slow to make, and making clients from one session is not thread-safe)."""
+        other = copy.copy(self)
+        other.family = family
+        other.owner = f"{family}{run_id}"
+        other._holder = holder
+        return other
 
     @contextmanager
     def held(self, name: str, wait: float) -> Iterator[None]:

@@ -111,6 +111,35 @@ class SharedReader:
         )
 
 
+class BoundedReader:
+    """A ``Reader`` that lets at most ``slots`` calls run at once, however many walks use it at
+    the same moment (a re-sync looks many resources up in parallel, and Organizations throttles
+    early)."""
+
+    def __init__(self, reader: Reader, slots: int) -> None:
+        self._reader = reader
+        self._slots = threading.BoundedSemaphore(slots)
+
+    def _call(self, ask: Callable[[], T]) -> T:
+        with self._slots:
+            return ask()
+
+    def organization_id(self) -> str:
+        return self._call(self._reader.organization_id)
+
+    def child_units(self, parent_id: str) -> list[Unit]:
+        return self._call(lambda: self._reader.child_units(parent_id))
+
+    def accounts(self, parent_id: str) -> list[Account]:
+        return self._call(lambda: self._reader.accounts(parent_id))
+
+    def account(self, account_id: str) -> Account:
+        return self._call(lambda: self._reader.account(account_id))
+
+    def unit_path(self, organization_id: str, unit_id: str) -> str:
+        return self._call(lambda: self._reader.unit_path(organization_id, unit_id))
+
+
 # Called with the listings done and the listings known so far (the total grows as units appear).
 Progress = Callable[[int, int], None]
 

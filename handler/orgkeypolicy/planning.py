@@ -103,11 +103,22 @@ def check_refs(refs: Iterable[KeyRef], me: Identity) -> None:
 
 
 def resolve_targets(
-    store: KeyStore, refs: Sequence[KeyRef], me: Identity, workers: int
+    store: KeyStore,
+    refs: Sequence[KeyRef],
+    me: Identity,
+    workers: int,
+    missing: Callable[[KeyRef], None] | None = None,
 ) -> list[KeyInfo]:
-    """The key each reference names, one entry per key, or a refusal naming the reference."""
+    """The key each reference names, one entry per key, or a refusal naming the reference.
+
+    With ``missing``, a reference to a key or alias that no longer exists is passed to it and
+    left out instead (a re-sync reports that key and still fixes the resource's others).
+    """
     keys: dict[str, KeyInfo] = {}
     for ref, key in zip(refs, fan_out(store.describe, refs, workers), strict=True):
+        if key is None and missing is not None:
+            missing(ref)
+            continue
         if key is None:
             raise InvalidPropertyError(
                 KEY_IDS, ref.text, "does not exist", "check the ID, alias and region"

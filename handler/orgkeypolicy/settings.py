@@ -68,6 +68,10 @@ class Settings:
     # KMS allows about 15 PutKeyPolicy per second per account and region; staying under it
     # keeps a re-sync of hundreds of keys from living on throttling errors and retries.
     write_rate: float = 10.0
+    # Resources a re-sync works on at once. Their lookups share one organization cache and
+    # their writes one KMS pacer, so a few at a time overlap the waits (locks, read-backs)
+    # without multiplying the calls.
+    resource_workers: int = 4
     default_role_arn: str | None = None
     # The DynamoDB table of the registry, which also holds the write locks.
     registry_table: str | None = None
@@ -87,6 +91,7 @@ class Settings:
             key_workers=int(env.get("KEY_WRITE_CONCURRENCY", cls.key_workers)),
             verify_delay=float(env.get("VERIFY_DELAY_SECONDS", cls.verify_delay)),
             write_rate=float(env.get("KMS_WRITE_RATE", cls.write_rate)),
+            resource_workers=int(env.get("RESYNC_CONCURRENCY", cls.resource_workers)),
             default_role_arn=env.get("ORGANIZATIONS_ROLE_ARN") or None,
             registry_table=env.get("REGISTRY_TABLE") or None,
             key_consent=consent_from(

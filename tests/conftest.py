@@ -39,6 +39,14 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["ACCESS_ANALYZER"] = "false"
 
 
+@pytest.fixture(autouse=True)
+def no_terminal_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Output as piped to a file: pytest-xdist gives its workers the controller's COLUMNS and
+    LINES, which the command line's output would take for a terminal's width."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+
+
 @pytest.fixture(scope="session")
 def local_aws() -> Iterator[LocalAws]:
     server = LocalAws.start()

@@ -16,7 +16,7 @@ from rich.text import Text
 from orgkeypolicy.aws import KeyInfo, KeyStore
 from orgkeypolicy.cli import usage
 from orgkeypolicy.cli.members import Unreadable, read_members
-from orgkeypolicy.cli.output import ExitCode, Output, json_option, table
+from orgkeypolicy.cli.output import ExitCode, Output, json_option, key_option, table
 from orgkeypolicy.cli.principals import policy_from_key
 from orgkeypolicy.cli.trail import Trail
 from orgkeypolicy.cli.usage import AccountAudit, Principals
@@ -30,13 +30,7 @@ MAX_DAYS = 90
 
 
 @click.command("audit")
-@click.option(
-    "--key",
-    "key_text",
-    required=True,
-    metavar="KEY_REF",
-    help="The key: ID, ARN, alias/NAME or alias ARN.",
-)
+@key_option
 @click.option(
     "--days",
     type=click.IntRange(1, MAX_DAYS),

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import click
@@ -128,6 +129,21 @@ def console(*, stderr: bool = False) -> Console:
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+# A file the command reads.
+INPUT_FILE = click.Path(path_type=Path, dir_okay=False)
+
+
+def key_option(command: F) -> F:
+    """The ``--key`` a command acts on, passed as ``key_text``."""
+    return click.option(
+        "--key",
+        "key_text",
+        required=True,
+        metavar="KEY_REF",
+        help="The key: ID, ARN, alias/NAME or alias ARN.",
+    )(command)
 
 
 def json_option(command: F) -> F:

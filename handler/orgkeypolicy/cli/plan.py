@@ -30,7 +30,7 @@ from orgkeypolicy.cli.changes import (
 from orgkeypolicy.cli.errors import CommandError
 from orgkeypolicy.cli.intrinsics import Template
 from orgkeypolicy.cli.lookups import DeployedStack, LiveAccount
-from orgkeypolicy.cli.output import ExitCode, Output, json_option
+from orgkeypolicy.cli.output import INPUT_FILE, ExitCode, Output, json_option
 from orgkeypolicy.cli.planview import show_plan
 from orgkeypolicy.cli.principals import context_from
 from orgkeypolicy.cli.sources import (
@@ -181,14 +181,14 @@ finding that Access Analyzer blocks a write for).
 @click.option(
     "--properties",
     "properties_file",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=INPUT_FILE,
     metavar="FILE",
     help="A YAML/JSON file holding the Properties map.",
 )
 @click.option(
     "--template",
     "template_file",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=INPUT_FILE,
     metavar="FILE",
     help="A CloudFormation template (with --logical-id).",
 )

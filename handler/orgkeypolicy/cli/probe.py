@@ -17,7 +17,7 @@ from orgkeypolicy.cli import probing
 from orgkeypolicy.cli.accounts import Prober
 from orgkeypolicy.cli.errors import CommandError
 from orgkeypolicy.cli.members import Unreadable, principal_arn, read_members
-from orgkeypolicy.cli.output import ExitCode, Output, json_option, table
+from orgkeypolicy.cli.output import ExitCode, Output, json_option, key_option, table
 from orgkeypolicy.cli.principals import PrincipalRecord, policy_from_key, role_name
 from orgkeypolicy.cli.probing import AccountProbe, Result, Tally
 from orgkeypolicy.concurrency import fan_out
@@ -65,13 +65,7 @@ class _Several(click.Option):
 
 
 @click.command("probe")
-@click.option(
-    "--key",
-    "key_text",
-    required=True,
-    metavar="KEY_REF",
-    help="The key: ID, ARN, alias/NAME or alias ARN.",
-)
+@key_option
 @click.option(
     "--accounts",
     cls=_Several,

@@ -23,7 +23,7 @@ from rich.text import Text
 from orgkeypolicy.aws import KeyStore, identity
 from orgkeypolicy.cli.errors import CommandError
 from orgkeypolicy.cli.lookups import OrganizationReader
-from orgkeypolicy.cli.output import ExitCode, Output, json_option, table
+from orgkeypolicy.cli.output import INPUT_FILE, ExitCode, Output, json_option, table
 from orgkeypolicy.cli.principals import (
     PrincipalRecord,
     context_from,
@@ -245,7 +245,7 @@ Exit codes: 0 every answer is decided, 2 some answer is Unknown, 1 error.
 @click.option(
     "--policy",
     "policy_file",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=INPUT_FILE,
     metavar="FILE",
     help="A key policy document (JSON or YAML).",
 )
@@ -253,7 +253,7 @@ Exit codes: 0 every answer is decided, 2 some answer is Unknown, 1 error.
 @click.option(
     "--principals",
     "principals_file",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=INPUT_FILE,
     metavar="FILE",
     help="The principals, a JSON list.",
 )

@@ -5,7 +5,6 @@ custom resource), and Powertools' event classes and batch utility to ``orgkeypol
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -34,7 +33,7 @@ from orgkeypolicy.cfn import CustomResource
 from orgkeypolicy.drift import Status
 from orgkeypolicy.errors import OrgKeyPolicyError
 from orgkeypolicy.settings import Deadline, Settings
-from orgkeypolicy.statements import SID_PREFIX_BASE, sid_prefix
+from orgkeypolicy.statements import sid_prefix
 
 # The template sets POWERTOOLS_*; the fallbacks keep local runs (tests, the demo) working.
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "OrgKeyPolicy")
@@ -80,7 +79,6 @@ concurrency.carry_context(carry_trace)
 RESERVE_SECONDS = 45.0
 # Kept back from the re-sync function's timeout to finish the keys under way and report.
 RESYNC_RESERVE_SECONDS = 60.0
-SID_PREFIX = re.compile(rf"{SID_PREFIX_BASE}[0-9a-f]{{16}}")
 
 Step = Callable[[lifecycle.Request, boto3.Session, Settings, Deadline], lifecycle.Outcome]
 
@@ -148,25 +146,6 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> None:
 # --- The re-sync function ---------------------------------------------------------------------
 
 
-def _requested(event: Mapping[str, Any]) -> list[str] | None:
-    """The Sid prefixes of a direct invocation ``{"resources": [...]}``; ``None``: all."""
-    if "resources" not in event:
-        return None
-    prefixes = event["resources"]
-    if not isinstance(prefixes, list) or not prefixes:
-        raise ValueError(
-            'resources: give a non-empty list of Sid prefixes, e.g. {"resources": '
-            f'["{SID_PREFIX_BASE}0123456789abcdef"]}}, or leave it out to re-sync every resource'
-        )
-    for prefix in prefixes:
-        if not isinstance(prefix, str) or not SID_PREFIX.fullmatch(prefix):
-            raise ValueError(
-                f"resources: {prefix!r} is not a Sid prefix ({SID_PREFIX_BASE} and 16 hex "
-                "digits: the StatementSid attribute of the resource)"
-            )
-    return prefixes
-
-
 def _note(event: EventBridgeEvent) -> None:
     """Log what woke the run. Its content is not applied: the run reads the organization as it
     is now, so any number of events come to one run that starts after the last of them."""
@@ -232,4 +211,4 @@ def resync_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if "detail-type" in event:
         _note(EventBridgeEvent(event))
         return _resync(None, context)
-    return _resync(_requested(event), context)
+    return _resync(resync.requested(event), context)

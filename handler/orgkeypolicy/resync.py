@@ -25,10 +25,12 @@ what it found and did (``drift``); with ``apply=False`` it writes no key policy:
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 import boto3
 
@@ -53,9 +55,11 @@ from orgkeypolicy.planning import KeyPlan, Plan, PolicyReview
 from orgkeypolicy.properties import check_organizations_role, parse_properties
 from orgkeypolicy.registry import Record, Registry
 from orgkeypolicy.settings import Deadline, Settings
+from orgkeypolicy.statements import SID_PREFIX_BASE
 from orgkeypolicy.writing import Writer, write_all
 
 logger = logging.getLogger(__name__)
+_SID_PREFIX = re.compile(rf"{SID_PREFIX_BASE}[0-9a-f]{{16}}")
 
 # The longest wait for a resource that a deploy holds. The deploy writes that resource's keys
 # itself, and the next run checks whatever it leaves.
@@ -397,3 +401,22 @@ def _log(report: ResourceReport) -> None:
             "keys_rewritten": sum(key.rewritten for key in report.keys),
         },
     )
+
+
+def requested(event: Mapping[str, Any]) -> list[str] | None:
+    """The Sid prefixes of a direct invocation ``{"resources": [...]}``; ``None``: all."""
+    if "resources" not in event:
+        return None
+    prefixes = event["resources"]
+    if not isinstance(prefixes, list) or not prefixes:
+        raise ValueError(
+            'resources: give a non-empty list of Sid prefixes, e.g. {"resources": '
+            f'["{SID_PREFIX_BASE}0123456789abcdef"]}}, or leave it out to re-sync every resource'
+        )
+    for prefix in prefixes:
+        if not isinstance(prefix, str) or not _SID_PREFIX.fullmatch(prefix):
+            raise ValueError(
+                f"resources: {prefix!r} is not a Sid prefix ({SID_PREFIX_BASE} and 16 hex "
+                "digits: the StatementSid attribute of the resource)"
+            )
+    return prefixes

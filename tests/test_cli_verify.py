@@ -349,3 +349,14 @@ def test_the_installed_command(aws: LocalAws, cfn: CloudFormation, demo_org: See
     assert completed.stderr == "1 resource(s): 1 drift; 1 key(s): 1 drift; " + (
         "`orgkeypolicy resync --apply` with the same selection rewrites the drifted keys.\n"
     )
+
+
+def test_the_documented_document_has_the_fields_of_the_real_one() -> None:
+    page = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    section = page.split("## verify and resync", 1)[1].split("\n## ", 1)[0]
+    example = section.split("```json\n", 1)[1].split("```", 1)[0]
+    [resource] = json.loads(example)["resources"]
+    assert set(resource) == RESOURCE | RESOURCE_EXTRA
+    assert {field for key in resource["keys"] for field in key} == KEY | KEY_EXTRA
+    for field in RESOURCE_EXTRA | KEY_EXTRA:
+        assert f"`{field}`" in section

@@ -241,6 +241,9 @@ def test_a_resource_without_a_record_is_one_line(aws: LocalAws) -> None:
         f"orgkeypolicy: error: no record of the resource with Sid prefix {prefix} in registry "
         f"table {REGISTRY_TABLE}; check --stack-id, --logical-id and --table"
     )
+    empty = invoke("verify", "--all")
+    assert (empty.exit_code, empty.stdout) == (ExitCode.OK, "")
+    assert empty.stderr == f"No resource is recorded in registry table {REGISTRY_TABLE}.\n"
 
 
 def test_no_table_says_where_to_find_it(aws: LocalAws) -> None:
@@ -283,6 +286,33 @@ def test_a_check_that_fails_is_reported_then_exits_1(
     error = result.stderr.splitlines()[-1]
     assert error.startswith("orgkeypolicy: error: could not check or re-sync ")
     assert resource["sid_prefix"] in error
+
+
+def test_a_write_that_fails_is_an_error_and_the_other_keys_are_written(
+    aws: LocalAws, cfn: CloudFormation, demo_org: SeededOrg, proxy: FaultProxy
+) -> None:
+    logs, data = demo_org.keys["logs"], demo_org.keys["data"]
+    stack = new_stack(aws)
+    props = {"KeyIds": [logs, data], "OrganizationalUnitIds": [demo_org.ous["Dev"]]}
+    prefix = deploy(cfn, stack, props)
+    move(aws, demo_org.accounts["sbx-a"], demo_org.ous["Dev"])
+    before = policy(aws, logs)
+    proxy.add_rule(
+        "kms:PutKeyPolicy", error_code="AccessDeniedException", when=lambda b: b["KeyId"] == logs
+    )
+
+    result = invoke("resync", "--all", "--apply", "--json")
+
+    assert result.exit_code == ExitCode.ERROR
+    [resource] = json.loads(result.stdout)["resources"]
+    keys = {key["key_arn"]: key for key in resource["keys"]}
+    assert (keys[logs]["status"], keys[logs]["rewritten"]) == ("error", False)
+    assert (keys[data]["status"], keys[data]["rewritten"]) == ("drift", True)
+    assert policy(aws, logs) == before
+    assert granted(policy(aws, data), prefix) == names(demo_org, "dev-a", "sbx-a")
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith(f"orgkeypolicy: error: could not check or re-sync {prefix}, {logs}: ")
+    assert "AccessDenied" in error
 
 
 # --- Human output -----------------------------------------------------------------------------

@@ -162,7 +162,6 @@ def check(
     settings: Settings,
     *,
     apply: bool,
-    describe: str,
 ) -> ExitCode:
     session = state.session()
     table = str(settings.registry_table)
@@ -174,7 +173,8 @@ def check(
                     f"no record of the resource with Sid prefix {prefix} in registry table "
                     f"{table}; check --stack-id, --logical-id and --table"
                 )
-        with output.progress(describe) as progress:
+        doing = "Re-syncing resources" if apply else "Checking resources"
+        with output.progress(doing) as progress:
             report = resync.run(session, settings, only=only, apply=apply, progress=progress)
     if output.as_json:
         output.document(report.detail())
@@ -357,9 +357,7 @@ def verify(
 ) -> ExitCode:
     only = selected(stack_id, logical_id, every)
     output = Output(as_json)
-    return check(
-        state, output, only, settings_for(table), apply=False, describe="Checking resources"
-    )
+    return check(state, output, only, settings_for(table), apply=False)
 
 
 @click.command("resync", help=RESYNC_HELP, short_help="Rewrite the keys that drifted.")
@@ -378,5 +376,4 @@ def resync_command(
 ) -> ExitCode:
     only = selected(stack_id, logical_id, every)
     output = Output(as_json)
-    describe = "Re-syncing resources" if apply else "Checking resources"
-    return check(state, output, only, settings_for(table), apply=apply, describe=describe)
+    return check(state, output, only, settings_for(table), apply=apply)

@@ -50,7 +50,7 @@ from orgkeypolicy.errors import InvalidPropertyError, OrgKeyPolicyError
 from orgkeypolicy.identifiers import KeyRef
 from orgkeypolicy.lifecycle import now, recorded_keys, resource_lock
 from orgkeypolicy.locks import Leases
-from orgkeypolicy.organization import BoundedReader, Reader, SharedReader
+from orgkeypolicy.organization import BoundedReader, Progress, Reader, SharedReader
 from orgkeypolicy.planning import KeyPlan, Plan, PolicyReview
 from orgkeypolicy.properties import check_organizations_role, parse_properties
 from orgkeypolicy.registry import Record, Registry
@@ -78,6 +78,7 @@ def run(
     apply: bool = False,
     deadline: Deadline | None = None,
     run_id: str | None = None,
+    progress: Progress | None = None,
 ) -> Report:
     """Check every recorded resource (or those of the Sid prefixes in ``only``) against the
     organization and its keys as they are now; with ``apply``, rewrite the keys that drifted.
@@ -85,7 +86,8 @@ def run(
     ``verify`` is ``apply=False``: no key policy and no record is written (the resource locks
     are still taken, so that no half-deployed resource is reported as drifted). One resource
     or key failing never stops the others: each failure is in the report. Raises only when the
-    registry cannot be read or the caller's identity is unknown.
+    registry cannot be read or the caller's identity is unknown. ``progress`` is told the
+    resources done and their number as each one ends (the command line's progress bar).
     """
     table = table or settings.registry_table
     if not table:
@@ -100,7 +102,19 @@ def run(
     )
     records, unknown = resync.records(only)
     resync.prepare(records)
-    reports = fan_out(resync.resource, records, settings.resource_workers)
+    done = 0
+    counting = threading.Lock()
+
+    def resource(record: Record) -> ResourceReport:
+        nonlocal done
+        report = resync.resource(record)
+        if progress is not None:
+            with counting:
+                done += 1
+                progress(done, len(records))
+        return report
+
+    reports = fan_out(resource, records, settings.resource_workers)
     report = Report([*unknown, *reports], applied=apply)
     logger.info("Re-sync finished", extra={"run_id": resync.run_id, **report.summary()})
     return report

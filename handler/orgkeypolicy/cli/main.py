@@ -14,6 +14,7 @@ from orgkeypolicy.cli.output import PROG, ExitCode, reported, setup_logging
 from orgkeypolicy.cli.plan import plan
 from orgkeypolicy.cli.probe import probe
 from orgkeypolicy.cli.simulate import simulate
+from orgkeypolicy.cli.verify import resync_command, verify
 
 
 @dataclass
@@ -85,6 +86,8 @@ cli.add_command(plan)
 cli.add_command(simulate)
 cli.add_command(probe)
 cli.add_command(audit)
+cli.add_command(verify)
+cli.add_command(resync_command)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from localaws.server import MOTO_ACCOUNT_ID, LocalAws
 from orgkeypolicy.aws import KeyInfo, KeyStore
 from orgkeypolicy.errors import InvalidPropertyError
 from orgkeypolicy.identifiers import parse_key_ref
-from orgkeypolicy.planning import check_consent
+from orgkeypolicy.keyrefs import check_consent
 from orgkeypolicy.settings import (
     CONSENT_TAG_KEY,
     CONSENT_TAG_VALUE,

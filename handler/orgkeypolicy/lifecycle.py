@@ -17,7 +17,7 @@ from typing import Any
 
 import boto3
 
-from orgkeypolicy import __version__, planning
+from orgkeypolicy import __version__, keyrefs, planning
 from orgkeypolicy.analyzer import AccessAnalyzer, Gate
 from orgkeypolicy.aws import KeyInfo, KeyStore, OrganizationsDirectory, identity
 from orgkeypolicy.aws import organizations_session as reader_session
@@ -94,7 +94,7 @@ def apply(
         assumable_roles=settings.assumable_roles,
     )
     me = identity(session)
-    planning.check_refs(spec.key_refs, me)
+    keyrefs.check_refs(spec.key_refs, me)
     leases = deploy_leases(session, settings, request)
     registry = Registry(session, leases.table)
     store = KeyStore(session, pool=settings.key_workers, write_rate=settings.write_rate)
@@ -178,7 +178,7 @@ def delete(
     with leases.held(resource_lock(prefix), deadline.remaining()):
         record = registry.get(prefix)
         keys = [
-            *planning.resolve_previous(store, request.properties, me, settings.key_workers),
+            *keyrefs.resolve_previous(store, request.properties, me, settings.key_workers),
             *recorded_keys(record),
         ]
         cleanups = planning.cleanups(

@@ -9,22 +9,20 @@ policy. Every check runs before the first write.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from orgkeypolicy import keypolicy
+from orgkeypolicy import keypolicy, keyrefs
 from orgkeypolicy.aws import Identity, KeyInfo, KeyStore, is_denied, is_missing
 from orgkeypolicy.concurrency import fan_out
 from orgkeypolicy.errors import (
     InvalidPropertyError,
     KeyAccessError,
-    KeyUnreachableError,
     OrgKeyPolicyError,
 )
-from orgkeypolicy.identifiers import KeyRef
 from orgkeypolicy.organization import Account, Reader, Selection, Subtree, select_accounts, walk
-from orgkeypolicy.properties import KEY_IDS, PrincipalMode, Spec, key_refs_leniently
+from orgkeypolicy.properties import KEY_IDS, PrincipalMode, Spec
 from orgkeypolicy.settings import KeyConsent, Settings
 from orgkeypolicy.statements import Grantees, Statement, build_statements, digest
 
@@ -83,126 +81,6 @@ def look_up(spec: Spec, reader: Reader, partition: str, workers: int) -> Lookup:
         return found[0]
 
     return Lookup(grantees, selection, paths)
-
-
-# --- Keys -------------------------------------------------------------------------------------
-
-
-def check_refs(refs: Iterable[KeyRef], me: Identity) -> None:
-    """Refuse keys of other accounts and partitions before any call names them."""
-    for ref in refs:
-        if ref.account is not None and ref.account != me.account:
-            raise InvalidPropertyError(
-                KEY_IDS,
-                ref.text,
-                f"is in account {ref.account}, not {me.account}",
-                "only keys of the function's own account can be changed",
-            )
-        if ref.partition is not None and ref.partition != me.partition:
-            raise InvalidPropertyError(KEY_IDS, ref.text, f"is not in partition {me.partition}")
-
-
-def resolve_targets(
-    store: KeyStore,
-    refs: Sequence[KeyRef],
-    me: Identity,
-    workers: int,
-    missing: Callable[[KeyRef], None] | None = None,
-) -> list[KeyInfo]:
-    """The key each reference names, one entry per key, or a refusal naming the reference.
-
-    With ``missing``, a reference to a key or alias that no longer exists is passed to it and
-    left out instead (a re-sync reports that key and still fixes the resource's others).
-    """
-    keys: dict[str, KeyInfo] = {}
-    for ref, key in zip(refs, fan_out(store.describe, refs, workers), strict=True):
-        if key is None and missing is not None:
-            missing(ref)
-            continue
-        if key is None:
-            raise InvalidPropertyError(
-                KEY_IDS, ref.text, "does not exist", "check the ID, alias and region"
-            )
-        if key.manager != "CUSTOMER":
-            raise InvalidPropertyError(
-                KEY_IDS, ref.text, "is an AWS managed key", "its policy cannot change"
-            )
-        if key.account != me.account:
-            raise InvalidPropertyError(
-                KEY_IDS, ref.text, f"is in account {key.account}", "use a key of this account"
-            )
-        if key.state == "Disabled":
-            logger.warning(
-                "Key is disabled; its policy is updated all the same", extra={"key": key.arn}
-            )
-        keys.setdefault(key.arn, key)
-    return list(keys.values())
-
-
-def check_consent(
-    store: KeyStore, keys: Sequence[KeyInfo], consent: KeyConsent | None, workers: int
-) -> None:
-    """Refuse, before any key policy is read, a key that does not carry the consent tag.
-
-    The provider's IAM role refuses the same keys (``aws:ResourceTag`` on GetKeyPolicy and
-    PutKeyPolicy); this check turns that AccessDenied into a reason naming the key, the tag
-    and the command that gives consent. Only the keys a resource grants are checked: taking
-    statements off a key is never refused here.
-    """
-    if consent is None:
-        return
-    for key, tags in zip(keys, fan_out(store.tags, keys, workers), strict=True):
-        if not consent.given(tags):
-            raise InvalidPropertyError(
-                KEY_IDS,
-                _short_ref(key),
-                f"lacks the consent tag {consent.tag}",
-                f"tag it: {_tag_command(consent, key)}",
-            )
-
-
-def _short_ref(key: KeyInfo) -> str:
-    # The command names the key ID: an ARN or a long alias is shown by that ID, so that the
-    # whole command fits in the reason.
-    text = key.ref.text
-    return key.arn.rsplit("/", 1)[-1] if text.startswith("arn:") or len(text) > 40 else text
-
-
-def _tag_command(consent: KeyConsent, key: KeyInfo) -> str:
-    return consent.command(key.arn.rsplit("/", 1)[-1], key.region)
-
-
-def resolve_previous(
-    store: KeyStore, properties: Mapping[str, Any] | None, me: Identity, workers: int
-) -> list[KeyInfo]:
-    """The keys that the well-formed references of earlier ``properties`` name now.
-
-    For the old side of an Update and for Delete: those properties may no longer validate,
-    and their keys may be gone, yet the statements this resource wrote must still be found.
-    A key that does not exist, or could not be reached (a mistyped or disabled region), was
-    never written by this resource, so it is passed over.
-    """
-    if properties is None:
-        return []
-    refs = [
-        ref
-        for ref in key_refs_leniently(properties)
-        if ref.account in (None, me.account) and ref.partition in (None, me.partition)
-    ]
-
-    def describe(ref: KeyRef) -> KeyInfo | None:
-        try:
-            return store.describe(ref)
-        except KeyUnreachableError as error:
-            logger.warning("Key not reached; it was never written", extra={"reason": str(error)})
-            return None
-
-    found = fan_out(describe, refs, workers)
-    return [
-        key
-        for key in found
-        if key is not None and key.account == me.account and key.manager == "CUSTOMER"
-    ]
 
 
 # --- The plan ---------------------------------------------------------------------------------
@@ -345,7 +223,7 @@ def cleanups(
                 )
                 raise KeyAccessError(
                     "This resource's statements stay on a key that lost its consent tag; "
-                    f"to remove them, tag it again: {_tag_command(consent, key)}"
+                    f"to remove them, tag it again: {keyrefs.tag_command(consent, key)}"
                 ) from error
             logger.warning(
                 "Key passed over: it lacks the consent tag and this resource's record holds "
@@ -427,10 +305,10 @@ def prepare(
     no longer targets are emptied of its statements.
     """
     lookup = look_up(spec, reader, me.partition, settings.org_workers)
-    targets = resolve_targets(store, spec.key_refs, me, settings.key_workers)
-    check_consent(store, targets, settings.key_consent, settings.key_workers)
+    targets = keyrefs.resolve_targets(store, spec.key_refs, me, settings.key_workers)
+    keyrefs.check_consent(store, targets, settings.key_consent, settings.key_workers)
     previous = [
-        *resolve_previous(store, previous_properties, me, settings.key_workers),
+        *keyrefs.resolve_previous(store, previous_properties, me, settings.key_workers),
         *recorded,
     ]
     plan = plan_resource(

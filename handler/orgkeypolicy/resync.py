@@ -34,7 +34,7 @@ from typing import Any
 
 import boto3
 
-from orgkeypolicy import planning
+from orgkeypolicy import keyrefs, planning
 from orgkeypolicy.analyzer import AccessAnalyzer, Gate
 from orgkeypolicy.aws import (
     Identity,
@@ -306,17 +306,17 @@ class _Run:
             default_role_arn=settings.default_role_arn,
             assumable_roles=settings.assumable_roles,
         )
-        planning.check_refs(spec.key_refs, self.me)
+        keyrefs.check_refs(spec.key_refs, self.me)
         bounded, shared = self._reader_for(spec.organizations_role_arn)
         # Redeployed during this run: its deploy may have read the organization after this
         # run's cache did; read it again rather than write the older view over the newer.
         reader: Reader = SharedReader(bounded) if redeployed else shared
         lookup = planning.look_up(spec, reader, self.me.partition, settings.org_workers)
         gone: list[KeyRef] = []
-        targets = planning.resolve_targets(
+        targets = keyrefs.resolve_targets(
             self.store, spec.key_refs, self.me, settings.key_workers, gone.append
         )
-        planning.check_consent(self.store, targets, settings.key_consent, settings.key_workers)
+        keyrefs.check_consent(self.store, targets, settings.key_consent, settings.key_workers)
         previous = recorded_keys(record)
         if gone:
             # A recorded key that no target names now may be the one a vanished alias named:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import click
 
-from orgkeypolicy import access, planning
+from orgkeypolicy import access, keyrefs, planning
 from orgkeypolicy.analyzer import AccessAnalyzer
 from orgkeypolicy.aws import Identity, KeyStore, OrganizationsDirectory, identity
 from orgkeypolicy.aws import organizations_session as reader_session
@@ -108,7 +108,7 @@ def make_plan(
     stack_id = stack.stack_id if stack else placeholder_stack_id(me)
     prefix = sid_prefix(stack_id, logical_id)
     spec = parse_properties(properties)
-    planning.check_refs(spec.key_refs, me)
+    keyrefs.check_refs(spec.key_refs, me)
     previous: Mapping[str, Any] | None = None
     record = None
     if stack is not None:

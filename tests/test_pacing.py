@@ -7,7 +7,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orgkeypolicy.aws import Pacer
+from orgkeypolicy.concurrency import Pacer
 
 ARRIVALS = st.lists(st.floats(min_value=0, max_value=5, allow_nan=False), min_size=1, max_size=60)
 

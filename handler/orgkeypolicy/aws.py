@@ -13,10 +13,7 @@ such as ``us-esat-1``, an opt-in region that is not enabled) or a connection tha
 from __future__ import annotations
 
 import logging
-import math
 import threading
-import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +23,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from orgkeypolicy.concurrency import Pacer
 from orgkeypolicy.errors import (
     InvalidPropertyError,
     KeyAccessError,
@@ -225,41 +223,6 @@ class KeyInfo:
         parts = arn.split(":")
         ref = KeyRef(arn, KeyRefKind.KEY_ARN, parts[3], parts[4], parts[1])
         return cls(ref, arn, parts[4], parts[3], state="Unknown", manager="CUSTOMER")
-
-
-class Pacer:
-    """At most ``rate`` calls in any one second per region (``rate`` rounded up when it is not
-    a whole number, and kept on average).
-
-    AWS counts request quotas per second (KMS PutKeyPolicy, CloudTrail LookupEvents), so a
-    burst after a pause (a deploy's few writes go out at once) must not come on top of a
-    second's worth of paced calls: a call
-    goes out once the call ``capacity`` calls before it is a whole window old, ``capacity``
-    calls fitting a window of ``capacity / rate`` seconds.
-    """
-
-    def __init__(self, rate: float) -> None:
-        self._capacity = max(1, math.ceil(rate))
-        self._window = self._capacity / rate
-        self._lock = threading.Lock()
-        self._slots: dict[str, deque[float]] = {}
-
-    def reserve(self, region: str, now: float) -> float:
-        """The moment (``now`` or later) at which the next call in ``region`` may go out."""
-        with self._lock:
-            slots = self._slots.setdefault(region, deque(maxlen=self._capacity))
-            # Never before the previous call: threads read the clock before taking turns.
-            slot = max(now, slots[-1]) if slots else now
-            if len(slots) == self._capacity:
-                slot = max(slot, slots[0] + self._window)
-            slots.append(slot)
-        return slot
-
-    def wait(self, region: str) -> None:
-        now = time.monotonic()
-        delay = self.reserve(region, now) - now
-        if delay > 0:
-            time.sleep(delay)
 
 
 class KeyStore:

@@ -1,7 +1,12 @@
-"""Bounded thread pools for I/O-bound fan-out (Organizations listings, one key per thread)."""
+"""Bounded thread pools for I/O-bound fan-out (Organizations listings, one key per thread), and
+the pacing of calls under a per-second quota."""
 
 from __future__ import annotations
 
+import math
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -53,3 +58,38 @@ def settle(fn: Callable[[T], object], items: Sequence[T], workers: int) -> list[
         return None
 
     return fan_out(settled, items, workers)
+
+
+class Pacer:
+    """At most ``rate`` calls in any one second per region (``rate`` rounded up when it is not
+    a whole number, and kept on average).
+
+    AWS counts request quotas per second (KMS PutKeyPolicy, CloudTrail LookupEvents), so a
+    burst after a pause (a deploy's few writes go out at once) must not come on top of a
+    second's worth of paced calls: a call
+    goes out once the call ``capacity`` calls before it is a whole window old, ``capacity``
+    calls fitting a window of ``capacity / rate`` seconds.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self._capacity = max(1, math.ceil(rate))
+        self._window = self._capacity / rate
+        self._lock = threading.Lock()
+        self._slots: dict[str, deque[float]] = {}
+
+    def reserve(self, region: str, now: float) -> float:
+        """The moment (``now`` or later) at which the next call in ``region`` may go out."""
+        with self._lock:
+            slots = self._slots.setdefault(region, deque(maxlen=self._capacity))
+            # Never before the previous call: threads read the clock before taking turns.
+            slot = max(now, slots[-1]) if slots else now
+            if len(slots) == self._capacity:
+                slot = max(slot, slots[0] + self._window)
+            slots.append(slot)
+        return slot
+
+    def wait(self, region: str) -> None:
+        now = time.monotonic()
+        delay = self.reserve(region, now) - now
+        if delay > 0:
+            time.sleep(delay)

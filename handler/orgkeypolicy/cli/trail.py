@@ -17,8 +17,9 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from orgkeypolicy.aws import Pacer, client_config, error_code
+from orgkeypolicy.aws import client_config, error_code
 from orgkeypolicy.cli.errors import CommandError
+from orgkeypolicy.concurrency import Pacer
 
 logger = logging.getLogger(__name__)
 

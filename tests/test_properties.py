@@ -253,7 +253,6 @@ def test_every_key_reference_form_is_classified(
     assert parse_key_ref(text) == KeyRef(text, kind, region, account, partition)
     spec = parse(KeyIds=[text])
     assert spec.key_refs == (KeyRef(text, kind, region, account, partition),)
-    assert spec.key_refs[0].is_alias is (kind in (KeyRefKind.ALIAS, KeyRefKind.ALIAS_ARN))
 
 
 @pytest.mark.parametrize(

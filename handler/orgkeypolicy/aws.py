@@ -219,15 +219,15 @@ class KeyInfo:
 
     @classmethod
     def at(cls, arn: str) -> KeyInfo:
-        """A key known only by its ARN (a record, ListKeys): enough to read and write it."""
+        """A key known only by its ARN (from a record): enough to read and write it."""
         parts = arn.split(":")
         ref = KeyRef(arn, KeyRefKind.KEY_ARN, parts[3], parts[4], parts[1])
         return cls(ref, arn, parts[4], parts[3], state="Unknown", manager="CUSTOMER")
 
 
 class KeyStore:
-    """DescribeKey, ListResourceTags, GetKeyPolicy, PutKeyPolicy and ListKeys, in whichever
-    region a key lives."""
+    """DescribeKey, ListResourceTags, GetKeyPolicy and PutKeyPolicy, in whichever region a key
+    lives."""
 
     def __init__(self, session: boto3.Session, *, pool: int, write_rate: float = 10.0) -> None:
         self._session = session
@@ -289,19 +289,6 @@ class KeyStore:
 
     def _region(self) -> str:
         return self._session.region_name or "us-east-1"
-
-    def key_arns(self, region: str) -> list[str]:
-        """Every key of the account in ``region`` (ListKeys, paginated)."""
-        return self._call(
-            f"Listing the keys of {region}",
-            region,
-            lambda kms: [
-                key["KeyArn"]
-                for page in kms.get_paginator("list_keys").paginate()
-                for key in page.get("Keys", [])
-            ],
-            "kms:ListKeys",
-        )
 
     def tags(self, key: KeyInfo) -> dict[str, str]:
         """The key's tags (ListResourceTags, paginated): the provider reads them to explain a

@@ -50,10 +50,6 @@ class KeyRef:
     partition: str | None = None
 
     @property
-    def is_alias(self) -> bool:
-        return self.kind in (KeyRefKind.ALIAS, KeyRefKind.ALIAS_ARN)
-
-    @property
     def is_aws_managed_alias(self) -> bool:
         name = self.text.split(":", 5)[-1] if self.kind is KeyRefKind.ALIAS_ARN else self.text
         return name.startswith("alias/aws/")

@@ -96,9 +96,14 @@ def _request(event: Mapping[str, Any]) -> lifecycle.Request:
     )
 
 
-def _run(step: Step, event: Mapping[str, Any], context: LambdaContext) -> str:
+def _deadline(context: LambdaContext, reserve: float) -> Deadline:
+    """The time the work may take: the invocation's, less ``reserve`` (at most half of it)."""
     left = context.get_remaining_time_in_millis() / 1000
-    deadline = Deadline(max(left - RESERVE_SECONDS, left / 2))
+    return Deadline(max(left - reserve, left / 2))
+
+
+def _run(step: Step, event: Mapping[str, Any], context: LambdaContext) -> str:
+    deadline = _deadline(context, RESERVE_SECONDS)
     try:
         outcome = step(_request(event), boto3.Session(), settings, deadline)
     except OrgKeyPolicyError:
@@ -166,14 +171,12 @@ def _note_record(record: SQSRecord) -> None:
 
 
 def _resync(only: Sequence[str] | None, context: LambdaContext) -> dict[str, Any]:
-    left = context.get_remaining_time_in_millis() / 1000
-    deadline = Deadline(max(left - RESYNC_RESERVE_SECONDS, left / 2))
     report = resync.run(
         boto3.Session(),
         settings,
         only=only,
         apply=True,
-        deadline=deadline,
+        deadline=_deadline(context, RESYNC_RESERVE_SECONDS),
         run_id=context.aws_request_id,
     )
     summary = report.summary()

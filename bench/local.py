@@ -12,6 +12,7 @@ moto: the child seeds the organization and sends its shape back over a pipe.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import multiprocessing
 import time
@@ -52,6 +53,15 @@ class Local:
     def direct(self, service: str) -> Any:
         """A client that talks to moto itself: set-up calls stay out of the proxy's log."""
         return fake_client(service, self.moto_url)
+
+
+def add_organization_arguments(parser: argparse.ArgumentParser, *, seed_help: str) -> None:
+    """The options every benchmark takes: the latency added per call and the organization's
+    shape."""
+    parser.add_argument("--latency", type=float, default=30.0, help="ms added per call (30)")
+    parser.add_argument("--accounts", type=int, default=5000, help="accounts (5000)")
+    parser.add_argument("--ous", type=int, default=500, help="OUs (500)")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
 
 
 def _serve(connection: Connection, shape: OrgShape) -> None:

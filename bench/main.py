@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import artifact, bounds, keys, lookup, report
-from bench.local import OrgShape, local_aws
+from bench.local import OrgShape, add_organization_arguments, local_aws
 from localaws import patched_environment
 from localaws.cfn import CloudFormation
 from orgkeypolicy.settings import Settings
@@ -35,11 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Organization lookup, key writes, cold start and layer size, on a local "
         "synthetic organization in moto behind a latency-adding proxy.",
     )
-    parser.add_argument("--latency", type=float, default=30.0, help="ms added per call (30)")
-    parser.add_argument("--accounts", type=int, default=5000, help="accounts (5000)")
-    parser.add_argument("--ous", type=int, default=500, help="OUs (500)")
+    add_organization_arguments(parser, seed_help="shape of the organization (0)")
     parser.add_argument("--depth", type=int, default=5, help="OU levels below the root (5)")
-    parser.add_argument("--seed", type=int, default=0, help="shape of the organization (0)")
     parser.add_argument(
         "--workers",
         type=_workers,

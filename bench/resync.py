@@ -22,7 +22,7 @@ from typing import Any
 import boto3
 
 from bench.bounds import list_calls_lower_bound
-from bench.local import Local, OrgShape, local_aws
+from bench.local import Local, OrgShape, add_organization_arguments, local_aws
 from bench.lookup import repeated_listings
 from bench.report import _ops, _s, _table
 from localaws.proxy import Call
@@ -46,16 +46,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="One re-sync of many recorded resources after accounts moved, against "
         "re-deploying each resource, on a synthetic organization in moto behind a proxy.",
     )
-    parser.add_argument("--latency", type=float, default=30.0, help="ms added per call (30)")
-    parser.add_argument("--accounts", type=int, default=5000, help="accounts (5000)")
-    parser.add_argument("--ous", type=int, default=500, help="OUs (500)")
+    add_organization_arguments(parser, seed_help="shape and draws (0)")
     parser.add_argument("--resources", type=int, default=200, help="recorded resources (200)")
     parser.add_argument("--keys", type=int, default=500, help="KMS keys (500)")
     parser.add_argument("--moved", type=float, default=0.05, help="share of accounts moved")
     parser.add_argument(
         "--verify-delay", type=float, default=0.2, help="VERIFY_DELAY_SECONDS (0.2; 1 deployed)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="shape and draws (0)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSON output directory")
     return parser.parse_args(argv)
 

@@ -36,6 +36,7 @@ for entry in (str(REPO / "handler"), str(REPO)):
 from bench.local import Local, OrgShape, local_aws  # noqa: E402
 from bench.lookup import LookupCase, dry_run, lookup_settings  # noqa: E402
 from bench.simulate import ROLE, policy  # noqa: E402
+from localaws.seed import CONSENT_TAGS  # noqa: E402
 from orgkeypolicy import keypolicy  # noqa: E402
 from orgkeypolicy.evaluation import KMS_ACTIONS  # noqa: E402
 from orgkeypolicy.settings import Settings  # noqa: E402
@@ -69,7 +70,7 @@ def key_with_policy(local: Local) -> tuple[str, int]:
         if state == "ACTIVE"
     }
     kms = local.direct("kms")
-    arn = str(kms.create_key(Description="bench simulate")["KeyMetadata"]["Arn"])
+    arn = str(kms.create_key(Description="bench simulate", Tags=CONSENT_TAGS)["KeyMetadata"]["Arn"])
     account = arn.split(":")[4]
     granted = min(900, len(members) // 2)
     document = policy(members, granted, org.seed, org=org.org_id, key_account=account, key_arn=arn)
@@ -120,7 +121,11 @@ def bench_simulate(local: Local, key: str, workdir: Path, repeats: int) -> list[
 def bench_plan(local: Local, workdir: Path, repeats: int) -> list[str]:
     """On a key of its own (the default key policy), as a first deploy finds it."""
     org = local.org
-    key = str(local.direct("kms").create_key(Description="bench plan")["KeyMetadata"]["Arn"])
+    key = str(
+        local.direct("kms").create_key(Description="bench plan", Tags=CONSENT_TAGS)["KeyMetadata"][
+            "Arn"
+        ]
+    )
     large = org.largest_subtree(ACCOUNTS_MODE_MAX)
     cases = [
         ("root, Auto", LookupCase("root", (org.root_id,), True, "Auto")),

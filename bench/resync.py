@@ -26,7 +26,7 @@ from bench.local import Local, OrgShape, add_organization_arguments, local_aws
 from bench.lookup import repeated_listings
 from bench.report import _ops, _s, _table
 from localaws.proxy import Call
-from localaws.seed import ACTIVE, LargeOrg
+from localaws.seed import ACTIVE, CONSENT_TAGS, LargeOrg
 from orgkeypolicy import lifecycle, resync
 from orgkeypolicy.settings import Deadline, Settings
 from orgkeypolicy.statements import sid_prefix
@@ -297,7 +297,7 @@ def run(args: argparse.Namespace) -> ResyncResults:
         set_up = time.perf_counter()
         kms = local.direct("kms")
         keys = [
-            kms.create_key(Description=f"resync bench {i}")["KeyMetadata"]["Arn"]
+            kms.create_key(Description=f"resync bench {i}", Tags=CONSENT_TAGS)["KeyMetadata"]["Arn"]
             for i in range(args.keys)
         ]
         cloudformation = local.direct("cloudformation")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -266,11 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     text = report.markdown(results)
     print()
     print(text)
-    args.results.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    payload = json.dumps(asdict(results), indent=2, default=str)
-    for name in (f"bench-{stamp}.json", "latest.json"):
-        (args.results / name).write_text(payload + "\n")
-    (args.results / "latest.md").write_text(text + "\n")
-    print(f"\nResults: {args.results / f'bench-{stamp}.json'} (and latest.json, latest.md)")
+    saved = report.save(args.results, "bench", results, text)
+    print(f"\nResults: {saved} (and bench-latest.json, bench-latest.md)")
     return 0

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -17,6 +21,18 @@ _SHORT = {
     "ListParents": "ListParents",
     "DescribeAccount": "DescribeAccount",
 }
+
+
+def save(directory: Path, name: str, results: Any, text: str) -> Path:
+    """Write ``results`` as ``<name>-<UTC time>.json`` and ``<name>-latest.json``, and ``text``
+    as ``<name>-latest.md``, into ``directory``; the path of the time-stamped file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    payload = json.dumps(asdict(results), indent=2, default=str) + "\n"
+    for file in (f"{name}-{stamp}.json", f"{name}-latest.json"):
+        (directory / file).write_text(payload)
+    (directory / f"{name}-latest.md").write_text(text + "\n")
+    return directory / f"{name}-{stamp}.json"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:

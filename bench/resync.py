@@ -15,7 +15,6 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import boto3
 from bench.bounds import list_calls_lower_bound
 from bench.local import Local, OrgShape, add_organization_arguments, local_aws
 from bench.lookup import repeated_listings
-from bench.report import _ops, _s, _table
+from bench.report import _ops, _s, _table, save
 from localaws.proxy import Call
 from localaws.seed import ACTIVE, CONSENT_TAGS, LargeOrg
 from orgkeypolicy import lifecycle, resync
@@ -430,10 +429,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = markdown(results)
     print()
     print(text)
-    args.results.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    payload = json.dumps(asdict(results), indent=2, default=str)
-    for name in (f"resync-{stamp}.json", "resync-latest.json"):
-        (args.results / name).write_text(payload + "\n")
-    (args.results / "resync-latest.md").write_text(text + "\n")
+    save(args.results, "resync", results, text)
     return 0 if results.converged.get("verify_drifted") is False else 1

@@ -136,3 +136,9 @@ def _package_logger_restored() -> Iterator[None]:
     yield
     logger.setLevel(level)
     logger.handlers[:] = handlers
+
+
+@pytest.fixture
+def proxy(checked_writes: FaultProxy) -> FaultProxy:
+    """The checked fault proxy, for tests that count the calls made through it."""
+    return checked_writes

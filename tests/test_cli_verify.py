@@ -28,7 +28,8 @@ from tests.endtoend import granted, names
 from tests.endtoend import read_policy as policy
 from tests.resyncing import deploy, move, new_stack, puts
 
-pytestmark = pytest.mark.usefixtures("fast_verify")
+# Every test runs behind the fault proxy, which sees (and checks) every policy written.
+pytestmark = pytest.mark.usefixtures("fast_verify", "checked_writes")
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).with_name("orgkeypolicy")
@@ -42,13 +43,10 @@ KEY_EXTRA = {"statements_edited", "rewritten", "reason"}
 
 
 @pytest.fixture(autouse=True)
-def proxy(checked_writes: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> FaultProxy:
-    """Every test runs behind the fault proxy; the command's settings come from the
-    environment, where the read-back waits no time (moto is consistent at once)."""
+def no_read_back_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command's settings come from the environment: there, the read-back waits no time
+    (moto is consistent at once)."""
     monkeypatch.setenv("VERIFY_DELAY_SECONDS", "0")
-    # Piped output is as wide as a pipe's, whatever terminal the tests were started from.
-    monkeypatch.delenv("COLUMNS", raising=False)
-    return checked_writes
 
 
 def invoke(*args: str, env: dict[str, str | None] | None = None) -> Result:

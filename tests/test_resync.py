@@ -41,13 +41,8 @@ from tests.resyncing import (
     resync_now,
 )
 
-pytestmark = pytest.mark.usefixtures("fast_verify")
-
-
-@pytest.fixture(autouse=True)
-def proxy(checked_writes: FaultProxy) -> FaultProxy:
-    """Every test runs behind the fault proxy, which sees (and checks) every policy written."""
-    return checked_writes
+# Every test runs behind the fault proxy, which sees (and checks) every policy written.
+pytestmark = pytest.mark.usefixtures("fast_verify", "checked_writes")
 
 
 # --- Membership -------------------------------------------------------------------------------
